@@ -1,0 +1,262 @@
+"""The merchandisers' morning review of duplicate listings: one self-contained HTML page per run
+(thumbnails inlined, no scripts, no external requests) and a CSV export of the same rows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+HTML_NAME = "duplicates.html"
+CSV_NAME = "duplicates.csv"
+
+MEMBER_COLUMNS: tuple[str, ...] = (
+    "cluster_id",
+    "sku_id",
+    "canonical_sku_id",
+    "category",
+    "title",
+    "image_uri",
+    "is_active",
+    "evidence",
+    "min_score",
+    "run_id",
+)
+
+_JPEG_QUALITY = 80
+# Decoding is mostly C code that releases the GIL, so a few threads cut the driver's wall time on a
+# page of hundreds of photos without the cost of processes.
+_THUMB_WORKERS = min(8, os.cpu_count() or 1)
+# Transparent product shots (PNG cut-outs) would turn black if the alpha were simply dropped.
+_PAPER = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    csv: Path
+
+
+@dataclass(frozen=True)
+class _Thumb:
+    data_uri: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _MemberView:
+    sku_id: str
+    title: str | None
+    is_active: bool
+    is_canonical: bool
+    thumb: _Thumb | None
+
+
+@dataclass(frozen=True)
+class _ClusterView:
+    cluster_id: str
+    categories: str
+    evidence: str
+    min_score: float
+    members: list[_MemberView]
+
+
+def write_duplicate_report(
+    members: pd.DataFrame,
+    out_dir: Path,
+    *,
+    run_id: str,
+    max_clusters: int = 500,
+    thumb_px: int = 160,
+    totals: dict[str, int] | None = None,
+) -> ReportPaths:
+    """Write `out_dir/duplicates.html` and `out_dir/duplicates.csv` for one run; return the paths.
+
+    `members` holds one row per listing of a duplicate cluster (columns: MEMBER_COLUMNS). The page
+    shows the `max_clusters` most confident clusters; the CSV holds every row, in the page's order.
+    Re-running replaces both files; a reader never sees a half-written one.
+    """
+    if max_clusters < 0:
+        raise ValueError(f"max_clusters must be >= 0, got {max_clusters}")
+    if thumb_px <= 0:
+        raise ValueError(f"thumb_px must be > 0, got {thumb_px}")
+    members = _with_member_columns(members)
+    ordered = _sort_like_page(members)
+
+    clusters = list(ordered.groupby("cluster_id", sort=False))
+    shown = clusters[:max_clusters]
+    hidden = clusters[max_clusters:]
+    thumbs = _thumbnails(
+        [uri for _, rows in shown for uri in rows["image_uri"].tolist()], thumb_px=thumb_px
+    )
+
+    evidence_counts: Counter[str] = Counter()
+    for _, rows in clusters:
+        # A cluster found by two kinds of evidence counts under both: the summary answers "how
+        # many clusters did each signal catch", not a partition.
+        evidence_counts.update(_evidence_kinds(rows["evidence"].iloc[0]))
+
+    html = (
+        _environment()
+        .get_template(HTML_NAME)
+        .render(
+            run_id=run_id,
+            n_clusters=len(clusters),
+            n_listings=int(ordered["sku_id"].nunique()),
+            evidence_counts=sorted(evidence_counts.items(), key=lambda kv: (-kv[1], kv[0])),
+            totals=list((totals or {}).items()),
+            clusters=[_cluster_view(cluster_id, rows, thumbs) for cluster_id, rows in shown],
+            n_hidden_clusters=len(hidden),
+            n_hidden_listings=sum(len(rows) for _, rows in hidden),
+            thumb_px=thumb_px,
+        )
+    )
+    csv_text = ordered.to_csv(index=False, lineterminator="\n")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(html=out_dir / HTML_NAME, csv=out_dir / CSV_NAME)
+    # Both are rendered before either is written, so a failure leaves the previous run's pair.
+    _write_atomically(paths.csv, csv_text)
+    _write_atomically(paths.html, html)
+    return paths
+
+
+def _with_member_columns(members: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in MEMBER_COLUMNS if c not in members.columns]
+    if missing and not members.empty:
+        raise ValueError(f"members lacks columns {missing}; expected {list(MEMBER_COLUMNS)}")
+    # An empty run may arrive as a frame without columns; the CSV still needs its header.
+    for column in missing:
+        members = members.assign(**{column: pd.Series(dtype=object)})
+    return members
+
+
+def _sort_like_page(members: pd.DataFrame) -> pd.DataFrame:
+    """Clusters by confidence (min_score descending, then cluster_id); the canonical listing first
+    in its cluster, then sku_id. The CSV uses this order too, so both tell the same story."""
+    keyed = members.assign(
+        # min over the cluster, in case rows disagree: the card must not look surer than its
+        # weakest edge.
+        _cluster_score=members.groupby("cluster_id")["min_score"].transform("min"),
+        _not_canonical=members["sku_id"] != members["canonical_sku_id"],
+    )
+    keyed = keyed.sort_values(
+        ["_cluster_score", "cluster_id", "_not_canonical", "sku_id"],
+        ascending=[False, True, True, True],
+        kind="mergesort",
+        na_position="last",
+    )
+    return keyed[list(members.columns)].reset_index(drop=True)
+
+
+def _evidence_kinds(evidence: object) -> list[str]:
+    if not isinstance(evidence, str):
+        return []
+    return [kind.strip() for kind in evidence.split(",") if kind.strip()]
+
+
+def _cluster_view(
+    cluster_id: str, rows: pd.DataFrame, thumbs: dict[str, _Thumb | None]
+) -> _ClusterView:
+    categories = ", ".join(dict.fromkeys(str(c) for c in rows["category"] if not pd.isna(c)))
+    return _ClusterView(
+        cluster_id=str(cluster_id),
+        categories=categories,
+        evidence=", ".join(_evidence_kinds(rows["evidence"].iloc[0])),
+        min_score=float(rows["min_score"].min()),
+        members=[
+            _MemberView(
+                sku_id=str(row.sku_id),
+                title=None if pd.isna(row.title) else str(row.title),
+                is_active=bool(row.is_active) if not pd.isna(row.is_active) else False,
+                is_canonical=row.sku_id == row.canonical_sku_id,
+                thumb=thumbs.get(row.image_uri) if isinstance(row.image_uri, str) else None,
+            )
+            for row in rows.itertuples(index=False)
+        ],
+    )
+
+
+def _thumbnails(image_uris: list[object], *, thumb_px: int) -> dict[str, _Thumb | None]:
+    # Exact copies often share one file; decode each path once.
+    unique = list(dict.fromkeys(u for u in image_uris if isinstance(u, str)))
+    with ThreadPoolExecutor(max_workers=_THUMB_WORKERS) as pool:
+        made = pool.map(lambda uri: _thumbnail(uri, thumb_px=thumb_px), unique)
+        return dict(zip(unique, made, strict=True))
+
+
+def _thumbnail(image_uri: str, *, thumb_px: int) -> _Thumb | None:
+    """A JPEG data URI of the image fitted in thumb_px x thumb_px, or None if it cannot be read."""
+    try:
+        with Image.open(image_uri) as image:
+            # Lets the JPEG decoder downscale by 1/2..1/8 while decoding: a 12-megapixel photo
+            # then costs a fraction of a full decode. Both sides stay >= thumb_px.
+            image.draft("RGB", (thumb_px, thumb_px))
+            image = ImageOps.exif_transpose(image)
+            image = _flatten_to_rgb(image)
+            image.thumbnail((thumb_px, thumb_px))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=_JPEG_QUALITY, optimize=True)
+    except Exception as error:  # noqa: BLE001
+        # Seller images are untrusted bytes and Pillow's decoders raise many types (OSError,
+        # SyntaxError, ValueError, DecompressionBombError...). One bad photo must cost one
+        # placeholder, not the whole morning's report.
+        log.warning("thumbnail failed for %s: %s: %s", image_uri, type(error).__name__, error)
+        return None
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _Thumb(f"data:image/jpeg;base64,{encoded}", image.width, image.height)
+
+
+def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    paper = Image.new("RGB", rgba.size, _PAPER)
+    paper.paste(rgba, mask=rgba.getchannel("A"))
+    return paper
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lookalike", "templates"),
+        # Titles, sku_ids and categories are seller text: escape everything, whatever the
+        # template's file name, and never mark any of it safe.
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A unique temp name in the same folder (same file system, so os.replace is atomic); created
+    # with open(), not mkstemp, so the report gets the usual umask permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
