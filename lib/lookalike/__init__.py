@@ -1,0 +1,3 @@
+"""lookalike: similar items and duplicate listings from product photos, on Apache Spark."""
+
+__version__ = "0.1.0"

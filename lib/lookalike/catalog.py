@@ -1,0 +1,210 @@
+"""Ingest: read a catalog snapshot and split it into valid rows and rejects with a reason.
+
+Nothing is dropped silently: every input row ends either in ``catalog`` or in ``rejects``,
+and a reject carries a machine-readable reason, a human-readable detail and the raw row.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import Window
+
+REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
+OPTIONAL_COLUMNS = ("title", "updated_at")
+
+# Reason codes, checked in this order; a row is rejected for the first that applies.
+MISSING_SKU_ID = "missing_sku_id"
+DUPLICATE_SKU_ID = "duplicate_sku_id"
+MISSING_CATEGORY = "missing_category"
+MISSING_IMAGE_URI = "missing_image_uri"
+IMAGE_OUTSIDE_ROOTS = "image_outside_roots"
+INVALID_IS_ACTIVE = "invalid_is_active"
+INVALID_UPDATED_AT = "invalid_updated_at"
+
+CATALOG_SCHEMA = T.StructType(
+    [
+        T.StructField("sku_id", T.StringType(), False),
+        T.StructField("category", T.StringType(), False),
+        T.StructField("image_uri", T.StringType(), False),
+        T.StructField("title", T.StringType(), True),
+        T.StructField("is_active", T.BooleanType(), False),
+        T.StructField("updated_at", T.TimestampType(), True),
+    ]
+)
+
+REJECTS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("sku_id", T.StringType(), True),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("detail", T.StringType(), True),
+        T.StructField("record", T.StringType(), True),
+    ]
+)
+
+_TRUE = ("true", "t", "yes", "y", "1")
+_FALSE = ("false", "f", "no", "n", "0")
+
+
+class CatalogError(ValueError):
+    """The catalog as a whole cannot be read (as opposed to a bad row, which is rejected)."""
+
+
+def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame:
+    """The raw snapshot, every column as a string (validation parses them)."""
+    if fmt == "auto":
+        fmt = "parquet" if path.rstrip("/").endswith(".parquet") or os.path.isdir(path) else "csv"
+    if "://" not in path and not os.path.exists(path):
+        raise CatalogError(f"catalog not found: {path}")
+    if fmt == "csv":
+        # Seller titles contain commas, quotes and newlines.
+        raw_df = spark.read.csv(path, header=True, multiLine=True, escape='"', inferSchema=False)
+    else:
+        raw_df = spark.read.parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw_df.columns]
+    if missing:
+        raise CatalogError(
+            f"catalog {path} lacks required column(s) {', '.join(missing)}; "
+            f"found: {', '.join(raw_df.columns)}"
+        )
+    for name in OPTIONAL_COLUMNS:
+        if name not in raw_df.columns:
+            raw_df = raw_df.withColumn(name, F.lit(None).cast("string"))
+    return raw_df.select(
+        *[F.col(c).cast("string").alias(c) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)]
+    )
+
+
+def blank_to_null(col: Column) -> Column:
+    trimmed = F.trim(col)
+    return F.when(trimmed == "", None).otherwise(trimmed)
+
+
+def parse_is_active(col: Column) -> Column:
+    value = F.lower(F.trim(col))
+    return F.when(value.isin(*_TRUE), True).when(value.isin(*_FALSE), False)
+
+
+def resolve_image_uris(base_dir: str, roots: list[str]):
+    """A pandas UDF: (image_uri) -> struct(resolved uri, whether it is inside the roots).
+
+    Lexical, so it needs no filesystem access: relative URIs are taken from ``base_dir``, and
+    ``..`` segments are collapsed before the root check (``images/../../etc/passwd`` fails).
+    """
+    norm_roots = [_normalise(r, base_dir) for r in roots]
+
+    @F.pandas_udf("resolved string, is_inside_roots boolean")
+    def resolve(uris: pd.Series) -> pd.DataFrame:
+        resolved = [None if u is None else _normalise(u, base_dir) for u in uris]
+        inside = [
+            r is not None and any(_is_under(r, root) for root in norm_roots) for r in resolved
+        ]
+        return pd.DataFrame({"resolved": resolved, "is_inside_roots": inside})
+
+    return resolve
+
+
+def _normalise(uri: str, base_dir: str) -> str:
+    if "://" in uri and not uri.startswith("file://"):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    path = uri.removeprefix("file://")
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def validate_catalog(
+    raw_df: DataFrame, *, run_id: str, base_dir: str, image_roots: list[str]
+) -> tuple[DataFrame, DataFrame]:
+    """Split a raw snapshot into (catalog_df, rejects_df); every input row lands in one."""
+    roots = image_roots or [base_dir]
+    resolve = resolve_image_uris(base_dir, roots)
+    by_sku = Window.partitionBy("sku_id")
+    checked_df = (
+        raw_df.withColumn("record", F.to_json(F.struct(*raw_df.columns)))
+        .withColumn("sku_id", blank_to_null(F.col("sku_id")))
+        .withColumn("category", blank_to_null(F.col("category")))
+        .withColumn("image_uri", blank_to_null(F.col("image_uri")))
+        .withColumn("is_active_parsed", parse_is_active(F.col("is_active")))
+        .withColumn("updated_at_raw", blank_to_null(F.col("updated_at")))
+        .withColumn("updated_at", F.try_to_timestamp(F.col("updated_at_raw")))
+        .withColumn("n_same_sku", F.count(F.lit(1)).over(by_sku))
+        .withColumn("image", resolve(F.col("image_uri")))
+        .withColumn(
+            "reason",
+            F.when(F.col("sku_id").isNull(), F.lit(MISSING_SKU_ID))
+            .when(F.col("n_same_sku") > 1, F.lit(DUPLICATE_SKU_ID))
+            .when(F.col("category").isNull(), F.lit(MISSING_CATEGORY))
+            .when(F.col("image_uri").isNull(), F.lit(MISSING_IMAGE_URI))
+            .when(~F.col("image.is_inside_roots"), F.lit(IMAGE_OUTSIDE_ROOTS))
+            .when(F.col("is_active_parsed").isNull(), F.lit(INVALID_IS_ACTIVE))
+            .when(
+                F.col("updated_at_raw").isNotNull() & F.col("updated_at").isNull(),
+                F.lit(INVALID_UPDATED_AT),
+            ),
+        )
+        .withColumn(
+            "detail",
+            F.when(F.col("reason") == MISSING_SKU_ID, F.lit("sku_id is empty"))
+            .when(
+                F.col("reason") == DUPLICATE_SKU_ID,
+                F.format_string(
+                    "sku_id appears %d times in the snapshot; all copies rejected",
+                    F.col("n_same_sku"),
+                ),
+            )
+            .when(F.col("reason") == MISSING_CATEGORY, F.lit("category is empty"))
+            .when(F.col("reason") == MISSING_IMAGE_URI, F.lit("image_uri is empty"))
+            .when(
+                F.col("reason") == IMAGE_OUTSIDE_ROOTS,
+                F.concat(
+                    F.lit("resolves to "),
+                    F.col("image.resolved"),
+                    F.lit(f", outside the allowed image roots {roots}"),
+                ),
+            )
+            .when(
+                F.col("reason") == INVALID_IS_ACTIVE,
+                F.concat(F.lit("is_active must be true or false, got "), F.col("is_active")),
+            )
+            .when(
+                F.col("reason") == INVALID_UPDATED_AT,
+                F.concat(F.lit("updated_at is not a timestamp: "), F.col("updated_at_raw")),
+            ),
+        )
+    )
+    catalog_df = checked_df.filter(F.col("reason").isNull()).select(
+        "sku_id",
+        "category",
+        F.col("image.resolved").alias("image_uri"),
+        "title",
+        F.col("is_active_parsed").alias("is_active"),
+        "updated_at",
+    )
+    rejects_df = checked_df.filter(F.col("reason").isNotNull()).select(
+        F.lit(run_id).alias("run_id"),
+        "sku_id",
+        F.lit("ingest").alias("stage"),
+        "reason",
+        "detail",
+        "record",
+    )
+    return catalog_df, rejects_df
+
+
+def catalog_base_dir(path: str) -> str:
+    """Relative image URIs in a catalog file are relative to the file's folder."""
+    if "://" in path and not path.startswith("file://"):
+        return path.rsplit("/", 1)[0]
+    return str(Path(path.removeprefix("file://")).resolve().parent)

@@ -1,0 +1,151 @@
+"""The job's configuration: one YAML file, validated at start-up.
+
+A bad setting fails before any work is done, with a message that names the key
+(``model.batch_size: Input should be greater than 0``). Relative paths in the file are
+resolved against the file's own folder, so a job behaves the same whatever directory
+spark-submit or Airflow starts it from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or names a bad setting."""
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Section):
+    # Used when the job is started with `python -m lookalike`; under spark-submit the
+    # master comes from spark-submit, as cluster deployments expect.
+    master: str = "local[*]"
+    app_name: str = "lookalike"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()
+            }
+        return value
+
+
+class CatalogSettings(_Section):
+    # None: the bundled demo catalog, generated deterministically under output.root.
+    path: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    # Images must live under one of these folders; empty means the catalog file's folder.
+    image_roots: list[str] = Field(default_factory=list)
+
+
+class OutputSettings(_Section):
+    root: str = "../var"
+
+
+class ModelSettings(_Section):
+    backbone: Literal["mobilenet_v2"] = "mobilenet_v2"
+    # A torchvision weights enum name (e.g. IMAGENET1K_V1), a checkpoint path, or "random".
+    weights: str = "IMAGENET1K_V1"
+    # Random weights give meaningless neighbours; only tests ask for them, explicitly.
+    allow_random_weights: bool = False
+    image_size: int = Field(default=224, ge=32, le=1024)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Torch threads per Python worker; 0 means cores / concurrent tasks of this executor.
+    torch_threads: int = Field(default=0, ge=0)
+
+
+class EmbedSettings(_Section):
+    arrow_batch_size: int = Field(default=256, ge=1)
+    max_image_bytes: int = Field(default=50_000_000, ge=1)
+    # Decompression-bomb guard: a tiny file that decodes to gigapixels is rejected.
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+
+
+class IndexSettings(_Section):
+    n_trees: int = Field(default=20, ge=1)
+    # -1: Annoy's default, n_trees * n neighbours searched.
+    search_k: int = Field(default=-1, ge=-1)
+    seed: int = 42
+
+
+class NeighborsSettings(_Section):
+    k: int = Field(default=10, ge=1, le=1000)
+
+
+class DuplicatesSettings(_Section):
+    # Cosine similarity above which two listings' photos count as near-duplicates.
+    min_similarity: float = Field(default=0.95, gt=0.0, le=1.0)
+    # How many nearest neighbours of each SKU are checked against min_similarity.
+    candidates_per_sku: int = Field(default=10, ge=1, le=1000)
+
+
+class Config(_Section):
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
+    duplicates: DuplicatesSettings = Field(default_factory=DuplicatesSettings)
+    # The folder relative paths are resolved against (the config file's folder).
+    base_dir: str = "."
+
+    def resolve(self, path: str) -> str:
+        """An absolute form of a path from this file: URIs pass through unchanged."""
+        if "://" in path:
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+    @property
+    def output_root(self) -> Path:
+        return Path(self.resolve(self.output.root))
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some settings replaced, validated like the file (used by the CLI)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section] = {**data[section], **values}
+        return _validate(data, source="overrides")
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if "base_dir" in data:
+        raise ConfigError(f"{path}: base_dir: set by the loader, not by the file")
+    data["base_dir"] = str(path.resolve().parent)
+    return _validate(data, source=str(path))

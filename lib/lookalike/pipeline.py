@@ -1,0 +1,300 @@
+"""The nightly run's stages: extract -> transform -> load, one function per stage.
+
+Each stage reads the previous stages' Parquet output under the run's folder and writes its
+own, so a stage can run alone (``spark-submit jobs/<stage>.py``) or all of them in one
+session (``lookalike nightly``). A stage returns its counts; ``run_stage`` records them with
+the stage's time in ``runs/<run_id>/stats/<stage>.json``, which the publish stage turns into
+the ``runs`` record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lookalike import catalog, duplicates, embed, index, neighbors, report, tables
+from lookalike.config import Config
+from lookalike.layout import STAGES, RunLayout
+
+log = logging.getLogger("lookalike")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    config: Config
+    run_date: date
+
+    @property
+    def run_id(self) -> str:
+        # One run per run date: a rerun of a date replaces that date's outputs.
+        return self.run_date.isoformat()
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.config.output_root, self.run_id)
+
+    def catalog_path(self) -> str:
+        """The configured catalog, or the bundled demo catalog (generated on first use)."""
+        if self.config.catalog.path:
+            return self.config.resolve(self.config.catalog.path)
+        from lookalike.demo import generate_demo_catalog
+
+        return str(generate_demo_catalog(self.layout.demo_catalog).catalog_path)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    counts: dict[str, int]
+    seconds: float
+
+
+def _write(df: DataFrame, path: Path) -> int:
+    df.write.mode("overwrite").parquet(str(path))
+    return df.sparkSession.read.parquet(str(path)).count()
+
+
+def _read(spark: SparkSession, path: Path, stage: str) -> DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the stage that writes it before '{stage}'"
+        )
+    return spark.read.parquet(str(path))
+
+
+def run_ingest(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    path = ctx.catalog_path()
+    settings = ctx.config.catalog
+    raw_df = catalog.read_catalog(spark, path, settings.format)
+    base_dir = catalog.catalog_base_dir(path)
+    roots = [ctx.config.resolve(r) for r in settings.image_roots]
+    catalog_df, rejects_df = catalog.validate_catalog(
+        raw_df, run_id=ctx.run_id, base_dir=base_dir, image_roots=roots
+    )
+    n_valid = _write(catalog_df, ctx.layout.catalog)
+    n_rejected = _write(rejects_df, ctx.layout.rejects("ingest"))
+    return {"rows_read": n_valid + n_rejected, "valid": n_valid, "rejected": n_rejected}
+
+
+def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    catalog_df = _read(spark, ctx.layout.catalog, "embed")
+    n_rows = catalog_df.count()
+    cores = spark.sparkContext.defaultParallelism
+    # Enough partitions to keep every core busy, few enough that each holds several batches.
+    n_partitions = max(1, min(cores * 4, math.ceil(n_rows / ctx.config.model.batch_size)))
+    results_df = embed.with_embedding_results(
+        catalog_df, ctx.config.model, ctx.config.embed, n_partitions
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        # Persisted so that each image is read and embedded once for both outputs.
+        embeddings_df, rejects_df = embed.split_embedding_results(results_df, ctx.run_id)
+        n_embedded = _write(embeddings_df, ctx.layout.embeddings)
+        n_rejected = _write(rejects_df, ctx.layout.rejects("embed"))
+    finally:
+        results_df.unpersist()
+    return {"images": n_rows, "embedded": n_embedded, "rejected": n_rejected}
+
+
+def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    embeddings_df = _read(spark, ctx.layout.embeddings, "index")
+    manifest_df = index.build_category_indexes(
+        embeddings_df,
+        index_dir=ctx.layout.index_dir,
+        settings=ctx.config.index,
+        run_id=ctx.run_id,
+    )
+    n_shards = _write(manifest_df, ctx.layout.index_manifest)
+    n_items = _read(spark, ctx.layout.index_manifest, "index").agg(F.sum("n_items")).first()[0]
+    return {"shards": n_shards, "items": int(n_items or 0)}
+
+
+def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    manifest_df = _read(spark, ctx.layout.index_manifest, "neighbors")
+    similar_df = neighbors.similar_items(
+        manifest_df,
+        k=ctx.config.neighbors.k,
+        search_k=ctx.config.index.search_k,
+        run_id=ctx.run_id,
+    )
+    n_rows = _write(similar_df, ctx.layout.similar_items)
+    written_df = _read(spark, ctx.layout.similar_items, "neighbors")
+    per_sku_df = written_df.groupBy("sku_id").count()
+    n_full = per_sku_df.filter(F.col("count") == ctx.config.neighbors.k).count()
+    return {"rows": n_rows, "skus": per_sku_df.count(), "skus_with_full_k": n_full}
+
+
+def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    embeddings_df = _read(spark, ctx.layout.embeddings, "duplicates")
+    manifest_df = _read(spark, ctx.layout.index_manifest, "duplicates")
+    catalog_df = _read(spark, ctx.layout.catalog, "duplicates")
+    settings = ctx.config.duplicates
+    pairs_df = duplicates.merge_pairs(
+        duplicates.content_hash_pairs(embeddings_df),
+        duplicates.embedding_pairs(
+            manifest_df,
+            min_similarity=settings.min_similarity,
+            candidates=settings.candidates_per_sku,
+            search_k=ctx.config.index.search_k,
+        ),
+    )
+    n_pairs = _write(pairs_df, ctx.layout.duplicate_pairs)
+    pairs_df = _read(spark, ctx.layout.duplicate_pairs, "duplicates")
+    clusters_df = duplicates.duplicate_clusters(pairs_df, catalog_df, run_id=ctx.run_id)
+    n_members = _write(clusters_df, ctx.layout.duplicate_clusters)
+    n_clusters = (
+        _read(spark, ctx.layout.duplicate_clusters, "duplicates")
+        .select("cluster_id")
+        .distinct()
+        .count()
+    )
+    return {"pairs": n_pairs, "clusters": n_clusters, "listings_in_clusters": n_members}
+
+
+REPORT_MAX_CLUSTERS = 500
+
+
+def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    clusters_df = _read(spark, ctx.layout.duplicate_clusters, "report")
+    catalog_df = _read(spark, ctx.layout.catalog, "report")
+    # Only the clusters the page shows reach the driver; the CSV export lists those too.
+    shown_df = (
+        clusters_df.select("cluster_id", "min_score")
+        .distinct()
+        .orderBy(F.col("min_score").desc(), "cluster_id")
+        .limit(REPORT_MAX_CLUSTERS)
+        .select("cluster_id")
+    )
+    members = (
+        clusters_df.join(shown_df, "cluster_id")
+        .join(catalog_df.select("sku_id", "title", "image_uri", "is_active"), "sku_id")
+        .select(*report.MEMBER_COLUMNS)
+        .toPandas()
+    )
+    totals = {
+        "SKUs in catalog": catalog_df.count(),
+        "clusters": clusters_df.select("cluster_id").distinct().count(),
+    }
+    paths = report.write_duplicate_report(
+        members,
+        ctx.layout.report_dir,
+        run_id=ctx.run_id,
+        max_clusters=REPORT_MAX_CLUSTERS,
+        totals=totals,
+    )
+    log.info("duplicate report: %s", paths.html)
+    return {"clusters_shown": int(members["cluster_id"].nunique()), "listings_shown": len(members)}
+
+
+def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    """Write every table with delta-rs, one commit each, then the run's ``runs`` record."""
+    layout = ctx.layout
+    # Tables that keep every run's rows replace only this run's; the others are the
+    # current state and are replaced whole.
+    sources: dict[str, tuple[list[Path], bool]] = {
+        "catalog": ([layout.catalog], False),
+        "rejects": ([layout.rejects("ingest"), layout.rejects("embed")], True),
+        "embeddings": ([layout.embeddings], False),
+        "index_manifest": ([layout.index_manifest], True),
+        "similar_items": ([layout.similar_items], False),
+        "duplicate_clusters": ([layout.duplicate_clusters], False),
+    }
+    for folders, _ in sources.values():
+        for folder in folders:
+            if not folder.exists():
+                raise FileNotFoundError(f"{folder} does not exist: run its stage before publish")
+    counts: dict[str, int] = {}
+    for name, (folders, per_run) in sources.items():
+        replace_where = f"run_id = '{ctx.run_id}'" if per_run else None
+        reader = tables.parquet_reader(folders)
+        version = tables.write_table(layout.table(name), reader, replace_where=replace_where)
+        counts[name] = tables.count_rows(layout.table(name), ctx.run_id if per_run else None)
+        log.info("published %s: version %d, %d rows", name, version, counts[name])
+    _write_runs_record(ctx, counts)
+    return counts
+
+
+def _write_runs_record(ctx: RunContext, published: dict[str, int]) -> None:
+    stats = read_stats(ctx.layout)
+    model_ids = tables.read_table(ctx.layout.table("embeddings")).column("model_id").unique()
+    record = {
+        "run_id": ctx.run_id,
+        "run_date": ctx.run_date,
+        "model_id": ",".join(sorted(model_ids.to_pylist())),
+        "status": "published",
+        "finished_at": datetime.now(UTC),
+        "counts": json.dumps(
+            {stage: result["counts"] for stage, result in stats.items()} | {"published": published},
+            sort_keys=True,
+        ),
+        "stage_seconds": json.dumps(
+            {stage: round(result["seconds"], 3) for stage, result in stats.items()},
+            sort_keys=True,
+        ),
+        "gate_results": json.dumps({}),
+    }
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("run_date", pa.date32()),
+            ("model_id", pa.string()),
+            ("status", pa.string()),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("counts", pa.string()),
+            ("stage_seconds", pa.string()),
+            ("gate_results", pa.string()),
+        ]
+    )
+    runs = pa.Table.from_pylist([record], schema=schema)
+    tables.write_table(ctx.layout.table("runs"), runs, replace_where=f"run_id = '{ctx.run_id}'")
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, RunContext], dict[str, int]]] = {
+    "ingest": run_ingest,
+    "embed": run_embed,
+    "index": run_index,
+    "neighbors": run_neighbors,
+    "duplicates": run_duplicates,
+    "report": run_report,
+    "publish": run_publish,
+}
+assert tuple(STAGE_FUNCTIONS) == STAGES
+
+
+def run_stage(stage: str, spark: SparkSession, ctx: RunContext) -> StageResult:
+    """Run one stage and record its counts and time for the runs record."""
+    log.info("stage %s: started (run %s)", stage, ctx.run_id)
+    started = time.perf_counter()
+    counts = STAGE_FUNCTIONS[stage](spark, ctx)
+    result = StageResult(stage, counts, time.perf_counter() - started)
+    path = ctx.layout.stats(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"counts": counts, "seconds": result.seconds}, sort_keys=True))
+    log.info("stage %s: done in %.1f s %s", stage, result.seconds, counts)
+    return result
+
+
+def read_stats(layout: RunLayout) -> dict[str, dict]:
+    stats = {}
+    for stage in STAGES:
+        path = layout.stats(stage)
+        if path.exists():
+            stats[stage] = json.loads(path.read_text())
+    return stats
+
+
+def run_nightly(spark: SparkSession, ctx: RunContext) -> list[StageResult]:
+    # Stale stats of an earlier try of this date must not leak into this run's record.
+    for stage in STAGES:
+        ctx.layout.stats(stage).unlink(missing_ok=True)
+    return [run_stage(stage, spark, ctx) for stage in STAGES]

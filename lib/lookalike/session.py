@@ -1,0 +1,51 @@
+"""The Spark session every job runs in, configured the same way on a laptop and a cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from lookalike.config import Config
+
+# Settings the job relies on; a user's spark.conf may override any of them.
+_REQUIRED_CONF = {
+    # Spark's default INT96 timestamps become timestamp_ntz in Delta and raise the table
+    # protocol to reader 3 / writer 7 (environment notes).
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def _launched_by_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands the Python driver its gateway port.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(config: Config) -> SparkSession:
+    """Get or create the session for a job."""
+    # Workers must run this interpreter, not the system python3 (which lacks pandas/torch).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    builder = SparkSession.builder.appName(config.spark.app_name)
+    if not _launched_by_spark_submit():
+        builder = builder.master(config.spark.master)
+    conf = {
+        **_REQUIRED_CONF,
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.embed.arrow_batch_size),
+        **config.spark.conf,
+    }
+    # Executors on a cluster do not inherit the driver's environment: forward the torch
+    # hub cache so that the weights installed by the set-up are found offline.
+    if "TORCH_HOME" in os.environ:
+        conf.setdefault("spark.executorEnv.TORCH_HOME", os.environ["TORCH_HOME"])
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
