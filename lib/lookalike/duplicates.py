@@ -70,7 +70,8 @@ def content_hash_pairs(embeddings_df: DataFrame) -> DataFrame:
     """Each copy of a file paired with the smallest sku_id holding the same bytes."""
     same_bytes = Window.partitionBy("content_hash")
     return (
-        embeddings_df.withColumn("first_sku_id", F.min("sku_id").over(same_bytes))
+        embeddings_df.filter(F.col("content_hash").isNotNull())
+        .withColumn("first_sku_id", F.min("sku_id").over(same_bytes))
         .filter(F.col("sku_id") != F.col("first_sku_id"))
         .select(
             F.col("first_sku_id").alias("sku_id_a"),
