@@ -1,0 +1,496 @@
+"""Annoy shards, top-K neighbours and near-duplicate pairs, without Spark.
+
+Shards are real Annoy files built by ``build_shard`` in tmp_path from seeded random vectors;
+answers are checked against exact cosine similarities computed with numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lookalike.config import IndexSettings
+from lookalike.duplicates import near_duplicate_pairs_of_shard
+from lookalike.index import METRIC, Shard, ShardError, build_shard, shard_id_for
+from lookalike.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
+
+SETTINGS = IndexSettings()  # n_trees 20, search_k -1, seed 42: the shipped defaults
+DEFAULT_SEARCH_K = SETTINGS.search_k
+K = 10
+RUN_ID = "2026-11-23"
+MODEL_ID = "mobilenet_v2-test"
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def clustered_vectors(n: int, dim: int, *, n_clusters: int, spread: float, seed: int):
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.normal(size=(n_clusters, dim)))
+    labels = rng.integers(0, n_clusters, n)
+    return _unit(centers[labels] + spread * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def members_frame(vectors: np.ndarray, sku_ids: list[str], is_active) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sku_id": sku_ids,
+            "is_active": np.broadcast_to(np.asarray(is_active, bool), len(sku_ids)).copy(),
+            "embedding": list(vectors.astype(np.float32)),
+        }
+    )
+
+
+def open_shard(
+    members: pd.DataFrame,
+    index_dir: Path,
+    *,
+    category: str = "shoes",
+    settings: IndexSettings = SETTINGS,
+) -> tuple[Shard, dict]:
+    """Build a shard and open it through a manifest row formed as build_category_indexes does."""
+    shard_id = shard_id_for(category)
+    built = build_shard(members, shard_id=shard_id, index_dir=index_dir, settings=settings)
+    row = {
+        "run_id": RUN_ID,
+        "shard_id": shard_id,
+        "category": category,
+        "metric": METRIC,
+        "n_trees": settings.n_trees,
+        "model_id": MODEL_ID,
+        **built,
+    }
+    return Shard.open(row), row
+
+
+def cosine_matrix(members: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(sku_ids, cosine) in sku_id order, from the float32 vectors the index was given."""
+    ordered = members.sort_values("sku_id").reset_index(drop=True)
+    vectors = _unit(np.stack(ordered["embedding"].to_numpy()).astype(np.float64))
+    return ordered["sku_id"].to_numpy(), vectors @ vectors.T
+
+
+def exact_top_k(members: pd.DataFrame, k: int) -> dict[str, list[str]]:
+    """Brute force: every active SKU's k most similar active SKUs, ties by sku_id."""
+    sku_ids, cosine = cosine_matrix(members)
+    active = dict(zip(members["sku_id"], members["is_active"], strict=True))
+    is_active = np.array([active[s] for s in sku_ids])
+    answer = {}
+    for i, sku_id in enumerate(sku_ids):
+        if not is_active[i]:
+            continue
+        candidates = [j for j in range(len(sku_ids)) if j != i and is_active[j]]
+        candidates.sort(key=lambda j: (-cosine[i, j], sku_ids[j]))
+        answer[sku_id] = [sku_ids[j] for j in candidates[:k]]
+    return answer
+
+
+@pytest.fixture(scope="module")
+def catalog() -> pd.DataFrame:
+    """300 SKUs in 12 clusters, 32-d; every 7th inactive; rows in no particular order."""
+    n = 300
+    vectors = clustered_vectors(n, 32, n_clusters=12, spread=0.35, seed=7)
+    sku_ids = [f"sku-{i:04d}" for i in range(n)]
+    members = members_frame(vectors, sku_ids, [i % 7 != 3 for i in range(n)])
+    return members.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def catalog_shard(catalog, tmp_path_factory) -> Shard:
+    shard, _ = open_shard(catalog, tmp_path_factory.mktemp("index"))
+    return shard
+
+
+@pytest.fixture(scope="module")
+def similar(catalog_shard) -> pd.DataFrame:
+    return top_k_for_shard(catalog_shard, k=K, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+
+
+# --- top_k_for_shard ---------------------------------------------------------------------
+
+
+def test_recall_against_brute_force_at_default_search_k(catalog, similar):
+    exact = exact_top_k(catalog, K)
+    found = similar.groupby("sku_id")["similar_sku_id"].apply(list).to_dict()
+    hits = sum(len(set(found.get(sku_id, [])) & set(want)) for sku_id, want in exact.items())
+    recall = hits / sum(len(want) for want in exact.values())
+    assert recall >= 0.95
+
+
+def test_tiny_shard_matches_brute_force_exactly(tmp_path):
+    # 20 items: with the default search_k Annoy looks at every item, so the answer is exact.
+    vectors = clustered_vectors(20, 16, n_clusters=3, spread=0.5, seed=11)
+    members = members_frame(vectors, [f"t{i:02d}" for i in range(20)], True)
+    shard, _ = open_shard(members, tmp_path)
+    k = 5
+    similar = top_k_for_shard(shard, k=k, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    found = similar.groupby("sku_id")["similar_sku_id"].apply(list).to_dict()
+    assert found == exact_top_k(members, k)
+
+
+def test_no_self_and_no_inactive_among_similar(catalog, similar):
+    inactive = set(catalog.loc[~catalog["is_active"], "sku_id"])
+    assert len(inactive) > 0
+    assert not (similar["sku_id"] == similar["similar_sku_id"]).any()
+    assert not similar["similar_sku_id"].isin(inactive).any()
+
+
+def test_inactive_skus_get_no_rows_of_their_own(catalog, similar):
+    inactive = set(catalog.loc[~catalog["is_active"], "sku_id"])
+    assert not similar["sku_id"].isin(inactive).any()
+
+
+def test_every_active_sku_has_k_rows(catalog, similar):
+    active = set(catalog.loc[catalog["is_active"], "sku_id"])
+    counts = similar.groupby("sku_id").size()
+    assert set(counts.index) == active
+    assert (counts == K).all()
+
+
+def test_ranks_are_1_to_k_and_scores_non_increasing(similar):
+    for sku_id, rows in similar.groupby("sku_id", sort=False):
+        assert rows["rank"].tolist() == list(range(1, K + 1)), sku_id
+        scores = rows["score"].to_numpy()
+        assert (np.diff(scores) <= 0).all(), sku_id
+
+
+def test_scores_are_numpy_cosine(catalog, similar):
+    sku_ids, cosine = cosine_matrix(catalog)
+    position = {sku_id: i for i, sku_id in enumerate(sku_ids)}
+    expected = cosine[
+        similar["sku_id"].map(position).to_numpy(), similar["similar_sku_id"].map(position)
+    ]
+    np.testing.assert_allclose(similar["score"].to_numpy(), expected, atol=1e-4)
+
+
+def test_output_columns_and_types_match_the_table_schema(similar):
+    assert list(similar.columns) == SIMILAR_ITEMS_SCHEMA.fieldNames()
+    assert similar["rank"].dtype == np.int32
+    assert similar["score"].dtype == np.float32
+    assert set(similar["category"]) == {"shoes"}
+    assert set(similar["model_id"]) == {MODEL_ID}
+    assert set(similar["run_id"]) == {RUN_ID}
+
+
+def test_active_sku_keeps_k_rows_when_its_nearest_neighbours_are_inactive(tmp_path):
+    # An active SKU surrounded by 30 inactive copies of itself: the first answers Annoy gives
+    # are all inactive, so the query must widen until k active neighbours remain.
+    rng = np.random.default_rng(5)
+    center = _unit(rng.normal(size=16))
+    near = _unit(center + 0.01 * rng.normal(size=(31, 16)))
+    far = clustered_vectors(40, 16, n_clusters=4, spread=0.4, seed=6)
+    vectors = np.vstack([near, far])
+    sku_ids = ["a-active"] + [f"b-inactive-{i:02d}" for i in range(30)]
+    sku_ids += [f"c-{i:02d}" for i in range(40)]
+    members = members_frame(vectors, sku_ids, [True] + [False] * 30 + [True] * 40)
+    shard, _ = open_shard(members, tmp_path)
+    similar = top_k_for_shard(shard, k=K, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    rows = similar[similar["sku_id"] == "a-active"]
+    assert rows["similar_sku_id"].tolist() == exact_top_k(members, K)["a-active"]
+
+
+def test_sku_with_fewer_active_neighbours_than_k_gets_them_all(tmp_path):
+    vectors = clustered_vectors(6, 8, n_clusters=2, spread=0.3, seed=2)
+    members = members_frame(vectors, list("abcdef"), [True, True, True, False, True, False])
+    shard, _ = open_shard(members, tmp_path)
+    similar = top_k_for_shard(shard, k=K, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    assert similar.groupby("sku_id").size().to_dict() == {s: 3 for s in "abce"}
+
+
+def test_exact_duplicate_vectors_tie_and_are_ordered_by_sku_id(tmp_path):
+    # Three SKUs with the very same vector, added in reverse sku_id order: for each other
+    # SKU they tie, and for each of them the other two tie at the top.
+    vectors = clustered_vectors(40, 16, n_clusters=3, spread=0.3, seed=9)
+    copies = np.repeat(vectors[:1], 3, axis=0)
+    sku_ids = ["dup-c", "dup-a", "dup-b"] + [f"other-{i:02d}" for i in range(39)]
+    members = members_frame(np.vstack([copies, vectors[1:]]), sku_ids, True)
+    shard, _ = open_shard(members, tmp_path)
+    similar = top_k_for_shard(shard, k=K, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+
+    for sku_id, others in [
+        ("dup-a", ["dup-b", "dup-c"]),
+        ("dup-b", ["dup-a", "dup-c"]),
+        ("dup-c", ["dup-a", "dup-b"]),
+    ]:
+        top = similar[similar["sku_id"] == sku_id].head(2)
+        assert top["similar_sku_id"].tolist() == others
+        assert top["score"].iloc[0] == top["score"].iloc[1]
+        assert top["score"].iloc[0] == pytest.approx(1.0, abs=1e-6)
+
+    # From elsewhere, the three copies appear together, with one score, in sku_id order.
+    seen_together = 0
+    for _, rows in similar[~similar["sku_id"].str.startswith("dup-")].groupby("sku_id"):
+        dup_rows = rows[rows["similar_sku_id"].str.startswith("dup-")]
+        if len(dup_rows) == 3:
+            seen_together += 1
+            assert dup_rows["similar_sku_id"].tolist() == ["dup-a", "dup-b", "dup-c"]
+            assert dup_rows["score"].nunique() == 1
+            assert np.diff(dup_rows["rank"].to_numpy()).tolist() == [1, 1]
+    assert seen_together > 0
+
+
+@pytest.mark.xfail(
+    reason="BUG: top_k_of_item breaks ties on the float64 score computed from Annoy's "
+    "distance, but top_k_for_shard then stores the score as float32; neighbours whose "
+    "float64 scores differ below float32 precision are published with equal scores yet "
+    "not in sku_id order (here the farthest, 'n-00', comes last among its equals)",
+    raises=AssertionError,
+    strict=True,
+)
+def test_equal_published_scores_are_in_sku_id_order_even_when_float64_differs(tmp_path):
+    # 30 neighbours at angles 1.5e-8 rad apart around 0.3 rad from the query, named so that
+    # sku_id order is the reverse of distance order: float32 scores collapse into a few equal
+    # values, float64 scores do not.
+    n = 30
+    angles = 0.3 + 1.5e-8 * np.arange(n)
+    vectors = np.zeros((n + 1, 8))
+    vectors[0, 0] = 1.0
+    vectors[1:, 0], vectors[1:, 1] = np.cos(angles), np.sin(angles)
+    sku_ids = ["q"] + [f"n-{n - 1 - i:02d}" for i in range(n)]
+    shard, _ = open_shard(members_frame(vectors, sku_ids, True), tmp_path)
+    rows = top_k_for_shard(shard, k=n, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    rows = rows[rows["sku_id"] == "q"]
+    scores, names = rows["score"].to_numpy(), rows["similar_sku_id"].to_numpy()
+    tied = np.flatnonzero(scores[1:] == scores[:-1])
+    assert len(tied) > 0  # the case really has published ties
+    assert all(names[i] < names[i + 1] for i in tied)
+
+
+def test_shard_with_no_active_sku_gives_a_typed_empty_frame(tmp_path):
+    vectors = clustered_vectors(5, 8, n_clusters=1, spread=0.3, seed=1)
+    shard, _ = open_shard(members_frame(vectors, list("abcde"), False), tmp_path)
+    similar = top_k_for_shard(shard, k=K, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    assert len(similar) == 0
+    assert list(similar.columns) == SIMILAR_ITEMS_SCHEMA.fieldNames()
+    assert similar["rank"].dtype == np.int32
+    assert similar["score"].dtype == np.float32
+    assert similar["sku_id"].dtype == object
+    assert similar["similar_sku_id"].dtype == object
+
+
+# --- build_shard and Shard.open ----------------------------------------------------------
+
+
+def test_build_returns_manifest_fields(catalog, tmp_path):
+    _, row = open_shard(catalog, tmp_path)
+    assert row["n_items"] == len(catalog)
+    assert row["n_active"] == int(catalog["is_active"].sum())
+    assert row["dim"] == 32
+    assert Path(row["path"]) == tmp_path / f"{row['shard_id']}.ann"
+    assert Path(row["ids_path"]) == tmp_path / f"{row['shard_id']}.ids.parquet"
+    assert re.fullmatch(r"[0-9a-f]{64}", row["checksum"])
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_shard_maps_item_ids_in_sku_id_order(catalog, catalog_shard):
+    assert catalog_shard.sku_ids.tolist() == sorted(catalog["sku_id"])
+    active = dict(zip(catalog["sku_id"], catalog["is_active"], strict=True))
+    assert catalog_shard.is_active.tolist() == [active[s] for s in catalog_shard.sku_ids]
+
+
+def test_two_builds_of_the_same_input_are_byte_identical(catalog, tmp_path):
+    _, first = open_shard(catalog, tmp_path / "first")
+    # Same rows in another order: items are added in sku_id order, so the file is the same.
+    shuffled = catalog.sample(frac=1.0, random_state=99).reset_index(drop=True)
+    _, second = open_shard(shuffled, tmp_path / "second")
+    assert Path(first["path"]).read_bytes() == Path(second["path"]).read_bytes()
+    assert first["checksum"] == second["checksum"]
+
+
+def test_another_seed_builds_another_file(catalog, tmp_path):
+    _, first = open_shard(catalog, tmp_path / "first")
+    other = IndexSettings(seed=SETTINGS.seed + 1)
+    _, second = open_shard(catalog, tmp_path / "second", settings=other)
+    assert first["checksum"] != second["checksum"]
+
+
+@pytest.fixture()
+def built(tmp_path):
+    vectors = clustered_vectors(50, 16, n_clusters=3, spread=0.3, seed=4)
+    members = members_frame(vectors, [f"s{i:02d}" for i in range(50)], True)
+    _, row = open_shard(members, tmp_path, category="Women's Shoes")
+    return row
+
+
+def _assert_names_the_shard(excinfo: pytest.ExceptionInfo[ShardError], row: dict) -> None:
+    message = str(excinfo.value)
+    assert row["shard_id"] in message
+    assert "Women's Shoes" in message
+
+
+def test_open_rejects_a_truncated_index_file(built):
+    path = Path(built["path"])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built)
+    _assert_names_the_shard(excinfo, built)
+    assert "checksum" in str(excinfo.value)
+
+
+def test_open_rejects_a_corrupted_index_file_of_the_same_size(built):
+    path = Path(built["path"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built)
+    _assert_names_the_shard(excinfo, built)
+
+
+def test_open_rejects_a_missing_index_file(built):
+    Path(built["path"]).unlink()
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built)
+    _assert_names_the_shard(excinfo, built)
+    assert built["path"] in str(excinfo.value)
+
+
+def test_open_rejects_a_missing_ids_file(built):
+    Path(built["ids_path"]).unlink()
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built)
+    _assert_names_the_shard(excinfo, built)
+    assert built["ids_path"] in str(excinfo.value)
+
+
+def test_open_rejects_a_manifest_with_another_item_count(built):
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open({**built, "n_items": built["n_items"] + 1})
+    _assert_names_the_shard(excinfo, built)
+
+
+def test_open_accepts_the_row_as_a_pandas_series(built):
+    shard = Shard.open(pd.Series(built))
+    assert shard.shard_id == built["shard_id"]
+    assert shard.category == "Women's Shoes"
+    assert shard.index.get_n_items() == 50
+
+
+# --- shard_id_for ------------------------------------------------------------------------
+
+HOSTILE_CATEGORIES = [
+    "../../etc",
+    "a/b",
+    "..",
+    ".",
+    "",
+    "///",
+    "C:\\Windows\\system32",
+    "Schuhe & Stiefel — Größe 42",
+    "靴",
+    "👟👟",
+    "shoes\x00.ann",
+    "x" * 300,
+]
+
+
+@pytest.mark.parametrize("category", HOSTILE_CATEGORIES)
+def test_shard_id_is_a_safe_file_name(category, tmp_path):
+    shard_id = shard_id_for(category)
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", shard_id), shard_id
+    assert len(f"{shard_id}.ids.parquet.partial") < 255
+    # A file named after it lands inside the folder, and nowhere else.
+    path = tmp_path / f"{shard_id}.ann"
+    path.write_bytes(b"x")
+    assert path.resolve().parent == tmp_path.resolve()
+
+
+def test_shard_id_is_stable():
+    assert shard_id_for("Shoes") == shard_id_for("Shoes")
+
+
+@pytest.mark.parametrize(
+    "categories",
+    [
+        ["Shoes", "shoes", "SHOES", " shoes", "shoes!"],
+        ["a/b", "a b", "a-b", "a--b", "A/B"],
+        ["", "靴", "👟", "!!!", "///"],
+        ["x" * 40 + "a", "x" * 40 + "b"],
+    ],
+)
+def test_shard_ids_differ_for_categories_that_slug_the_same(categories):
+    assert len({shard_id_for(c) for c in categories}) == len(categories)
+
+
+def test_shard_id_keeps_a_readable_slug():
+    assert shard_id_for("Women's Shoes").startswith("women-s-shoes-")
+    assert shard_id_for("../../etc").startswith("etc-")
+    assert shard_id_for("靴").startswith("category-")
+
+
+# --- near_duplicate_pairs_of_shard -------------------------------------------------------
+
+MIN_SIMILARITY = 0.95
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """60 distinct photos, 10 of them with a near-copy (vector + tiny noise), one with two."""
+    rng = np.random.default_rng(21)
+    originals = clustered_vectors(60, 32, n_clusters=6, spread=0.5, seed=22)
+    sku_ids = [f"p{i:03d}" for i in range(60)]
+    copies, copy_ids = [], []
+    for i in range(10):
+        copies.append(_unit(originals[i * 5] + 0.02 * rng.normal(size=32)))
+        copy_ids.append(f"copy-of-p{i * 5:03d}")
+    copies.append(_unit(originals[0] + 0.02 * rng.normal(size=32)))
+    copy_ids.append("copy2-of-p000")
+    vectors = np.vstack([originals, np.array(copies)])
+    # Some inactive: duplicates are found among inactive listings too (canonical picks later).
+    members = members_frame(vectors, sku_ids + copy_ids, [i % 4 != 0 for i in range(71)])
+    shard, _ = open_shard(members, tmp_path_factory.mktemp("dups"), category="mugs")
+    pairs = near_duplicate_pairs_of_shard(
+        shard, min_similarity=MIN_SIMILARITY, candidates=10, search_k=DEFAULT_SEARCH_K
+    )
+    return members, pairs
+
+
+def test_planted_near_copies_are_found_exactly(planted):
+    members, pairs = planted
+    sku_ids, cosine = cosine_matrix(members)
+    expected = {
+        (sku_ids[i], sku_ids[j])
+        for i in range(len(sku_ids))
+        for j in range(i + 1, len(sku_ids))
+        if cosine[i, j] >= MIN_SIMILARITY
+    }
+    # The brute force agrees with the planting: 9 single copies, and 3 pairs among p000's three.
+    assert len(expected) == 12
+    assert ("copy-of-p000", "copy2-of-p000") in expected
+    assert set(zip(pairs["sku_id_a"], pairs["sku_id_b"], strict=True)) == expected
+
+
+def test_pair_scores_are_numpy_cosine(planted):
+    members, pairs = planted
+    sku_ids, cosine = cosine_matrix(members)
+    position = {sku_id: i for i, sku_id in enumerate(sku_ids)}
+    expected = cosine[pairs["sku_id_a"].map(position), pairs["sku_id_b"].map(position)]
+    np.testing.assert_allclose(pairs["score"].to_numpy(), expected, atol=1e-4)
+
+
+def test_pairs_are_ordered_unique_and_above_threshold(planted):
+    _, pairs = planted
+    assert (pairs["sku_id_a"] < pairs["sku_id_b"]).all()
+    assert not pairs.duplicated(["sku_id_a", "sku_id_b"]).any()
+    assert (pairs["score"] >= MIN_SIMILARITY).all()
+    assert (pairs["score"] <= 1.0).all()
+    assert set(pairs["evidence"]) == {"embedding"}
+
+
+def test_no_pairs_gives_string_typed_empty_frame(tmp_path):
+    vectors = _unit(np.random.default_rng(8).normal(size=(30, 16)))  # far apart in 16-d
+    shard, _ = open_shard(members_frame(vectors, [f"u{i:02d}" for i in range(30)], True), tmp_path)
+    pairs = near_duplicate_pairs_of_shard(
+        shard, min_similarity=0.99, candidates=10, search_k=DEFAULT_SEARCH_K
+    )
+    assert len(pairs) == 0
+    assert list(pairs.columns) == ["sku_id_a", "sku_id_b", "score", "evidence"]
+    assert pairs["sku_id_a"].dtype == object
+    assert pairs["sku_id_b"].dtype == object
+    assert pairs["evidence"].dtype == object
+    assert pairs["score"].dtype == np.float32
