@@ -37,19 +37,7 @@ def test_default_yaml_names_every_section():
     assert set(yaml.safe_load(DEFAULT_YAML.read_text())) == set(SECTIONS)
 
 
-SPARK_DEFAULTS_DIFFER = pytest.mark.xfail(
-    reason="BUG: conf/default.yaml says 'the values here are the defaults', but its spark.conf "
-    "sets spark.sql.shuffle.partitions: 8 and spark.driver.memory: 2g while Config().spark.conf "
-    "is {}: a file without that key runs with Spark's 200 shuffle partitions and 1g driver",
-    raises=AssertionError,
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "section",
-    [pytest.param(s, marks=SPARK_DEFAULTS_DIFFER) if s == "spark" else s for s in SECTIONS],
-)
+@pytest.mark.parametrize("section", SECTIONS)
 def test_default_yaml_equals_the_code_defaults(section):
     from_file = getattr(load_config(DEFAULT_YAML), section).model_dump()
     assert from_file == getattr(Config(), section).model_dump()

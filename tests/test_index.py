@@ -234,14 +234,6 @@ def test_exact_duplicate_vectors_tie_and_are_ordered_by_sku_id(tmp_path):
     assert seen_together > 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: top_k_of_item breaks ties on the float64 score computed from Annoy's "
-    "distance, but top_k_for_shard then stores the score as float32; neighbours whose "
-    "float64 scores differ below float32 precision are published with equal scores yet "
-    "not in sku_id order (here the farthest, 'n-00', comes last among its equals)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_equal_published_scores_are_in_sku_id_order_even_when_float64_differs(tmp_path):
     # 30 neighbours at angles 1.5e-8 rad apart around 0.3 rad from the query, named so that
     # sku_id order is the reverse of distance order: float32 scores collapse into a few equal

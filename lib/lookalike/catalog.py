@@ -16,6 +16,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike.images import local_path
+
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
 OPTIONAL_COLUMNS = ("title", "updated_at")
 
@@ -113,10 +115,10 @@ def resolve_image_uris(base_dir: str, roots: list[str]):
 
 
 def _normalise(uri: str, base_dir: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
+    path = local_path(uri)
+    if path is None:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://{posixpath.normpath(rest)}"
-    path = uri.removeprefix("file://")
     return os.path.normpath(os.path.join(base_dir, path))
 
 
@@ -205,6 +207,7 @@ def validate_catalog(
 
 def catalog_base_dir(path: str) -> str:
     """Relative image URIs in a catalog file are relative to the file's folder."""
-    if "://" in path and not path.startswith("file://"):
+    local = local_path(path)
+    if local is None:
         return path.rsplit("/", 1)[0]
-    return str(Path(path.removeprefix("file://")).resolve().parent)
+    return str(Path(local).resolve().parent)

@@ -121,7 +121,7 @@ class Config(_Section):
         """A copy with some settings replaced, validated like the file (used by the CLI)."""
         data = self.model_dump()
         for section, values in sections.items():
-            data[section] = {**data[section], **values}
+            data[section] = {**data.get(section, {}), **values}
         return _validate(data, source="overrides")
 
 
@@ -149,6 +149,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    # A section whose keys are all commented out reads as null: it means "the defaults".
+    data = {key: {} if value is None else value for key, value in data.items()}
     if "base_dir" in data:
         raise ConfigError(f"{path}: base_dir: set by the loader, not by the file")
     data["base_dir"] = str(path.resolve().parent)

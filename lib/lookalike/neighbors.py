@@ -40,7 +40,8 @@ def top_k_of_item(
         if keep.sum() >= k or n >= n_items:
             break
         n = min(n_items, 2 * n)
-    ids, scores = ids[keep], scores[keep]
+    # Ties are broken on the published (float32) score, so equal scores read in sku_id order.
+    ids, scores = ids[keep], np.clip(scores[keep], -1.0, 1.0).astype(np.float32)
     order = np.lexsort((shard.sku_ids[ids], -scores))[:k]
     return ids[order], scores[order]
 
@@ -52,7 +53,7 @@ def top_k_for_shard(shard: Shard, *, k: int, search_k: int, run_id: str) -> pd.D
         columns["sku_id"].extend([shard.sku_ids[item_id]] * len(ids))
         columns["rank"].extend(range(1, len(ids) + 1))
         columns["similar_sku_id"].extend(shard.sku_ids[ids])
-        columns["score"].extend(np.clip(scores, -1.0, 1.0).astype(np.float32))
+        columns["score"].extend(scores)
     n = len(columns["sku_id"])
     columns["category"] = [shard.category] * n
     columns["model_id"] = [shard.model_id] * n

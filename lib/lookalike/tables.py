@@ -14,13 +14,13 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 
 
-def parquet_reader(folders: Path | Sequence[Path]) -> pa.RecordBatchReader:
+def parquet_reader(folders: str | Path | Sequence[str | Path]) -> pa.RecordBatchReader:
     """Stream folders of Parquet files written by Spark (its _SUCCESS markers are skipped).
 
     Columns are read as nullable: Spark marks some columns required in one stage's files and
     optional in another's, and a Delta table needs one schema.
     """
-    folders = [folders] if isinstance(folders, Path) else list(folders)
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     first = ds.dataset(str(folders[0]), format="parquet")
     schema = pa.schema([field.with_nullable(True) for field in first.schema])
     parts = [ds.dataset(str(folder), format="parquet", schema=schema) for folder in folders]
