@@ -126,7 +126,7 @@ def format_summary(ctx, results, total_seconds: float) -> str:
     ]
     if any(r.stage == "publish" for r in results):
         for name in (*results[-1].counts, "runs"):
-            lines.append(f"    {name:<17}{layout.table(name)}")
+            lines.append(f"    {name:<20} {layout.table(name)}")
     if any(r.stage == "report" for r in results):
         lines.append(f"  duplicates report  {layout.report_dir / 'duplicates.html'}")
         lines.append(f"  duplicates CSV     {layout.report_dir / 'duplicates.csv'}")
