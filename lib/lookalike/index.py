@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from lookalike.config import IndexSettings
+from lookalike.files import file_sha256
 
 METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
 
@@ -57,14 +58,6 @@ def shard_id_for(category: str) -> str:
 
 def cosine_from_angular(distance: np.ndarray | float) -> np.ndarray | float:
     return 1.0 - np.square(distance) / 2.0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_shard(

@@ -181,10 +181,7 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         .select(*report.MEMBER_COLUMNS)
         .toPandas()
     )
-    totals = {
-        "SKUs in catalog": catalog_df.count(),
-        "clusters": clusters_df.select("cluster_id").distinct().count(),
-    }
+    totals = {"SKUs in catalog": catalog_df.count()}
     paths = report.write_duplicate_report(
         members,
         ctx.layout.report_dir,
