@@ -147,3 +147,30 @@ def test_missing_required_column_is_an_error_naming_it(spark, tmp_path):
 def test_missing_catalog_file_is_an_error_naming_it(spark, tmp_path):
     with pytest.raises(CatalogError, match="nope.csv"):
         read_catalog(spark, str(tmp_path / "nope.csv"))
+
+
+def test_parquet_catalog_with_typed_columns(spark, tmp_path):
+    # A user's Parquet file has real booleans and timestamps; ingest reads it like the CSV.
+    import pandas as pd
+
+    path = tmp_path / "catalog.parquet"
+    pd.DataFrame(
+        {
+            "sku_id": ["A", "B"],
+            "category": ["mugs", "mugs"],
+            "image_uri": ["images/a.jpg", "images/b.jpg"],
+            "title": ["Mug", None],
+            "is_active": [True, False],
+            "updated_at": pd.to_datetime(["2026-01-02 03:04:05", None]),
+        }
+    ).to_parquet(path)
+    raw_df = read_catalog(spark, str(path))
+    catalog_df, rejects_df = validate_catalog(
+        raw_df, run_id="r1", base_dir=str(tmp_path), image_roots=[]
+    )
+    rows = {r.sku_id: r for r in catalog_df.collect()}
+    assert rejects_df.count() == 0
+    assert rows["A"].is_active is True and rows["B"].is_active is False
+    assert rows["A"].updated_at == dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert rows["B"].updated_at is None
+    assert rows["A"].image_uri == str(tmp_path / "images" / "a.jpg")

@@ -11,6 +11,8 @@ import posixpath
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -71,6 +73,10 @@ def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame
         raw_df = spark.read.csv(path, header=True, multiLine=True, escape='"', inferSchema=False)
     else:
         raw_df = spark.read.parquet(path)
+        # pandas writes nanosecond timestamps, which Spark reads only as longs (the session sets
+        # spark.sql.legacy.parquet.nanosAsLong); the footers say which columns they are.
+        for name in _nanosecond_timestamp_columns(path):
+            raw_df = raw_df.withColumn(name, F.timestamp_micros(F.floor(F.col(name) / 1000)))
     missing = [c for c in REQUIRED_COLUMNS if c not in raw_df.columns]
     if missing:
         raise CatalogError(
@@ -83,6 +89,15 @@ def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame
     return raw_df.select(
         *[F.col(c).cast("string").alias(c) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)]
     )
+
+
+def _nanosecond_timestamp_columns(path: str) -> list[str]:
+    schema = ds.dataset(path, format="parquet").schema  # reads footers, not data
+    return [
+        field.name
+        for field in schema
+        if pa.types.is_timestamp(field.type) and field.type.unit == "ns"
+    ]
 
 
 def blank_to_null(col: Column) -> Column:

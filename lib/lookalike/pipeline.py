@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
 
 def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     embeddings_df = _read(spark, ctx.layout.embeddings, "index")
+    # Shards of an earlier try of this date (a category since gone) must not linger.
+    shutil.rmtree(ctx.layout.index_dir, ignore_errors=True)
     manifest_df = index.build_category_indexes(
         embeddings_df,
         index_dir=ctx.layout.index_dir,

@@ -15,6 +15,9 @@ _REQUIRED_CONF = {
     # protocol to reader 3 / writer 7 (environment notes).
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.session.timeZone": "UTC",
+    # Nanosecond timestamps (pandas' default) are otherwise unreadable; catalog.read_catalog
+    # converts them.
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.adaptive.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
