@@ -58,20 +58,38 @@ class OutputSettings(_Section):
 
 
 class ModelSettings(_Section):
-    backbone: Literal["mobilenet_v2"] = "mobilenet_v2"
-    # A torchvision weights enum name (e.g. IMAGENET1K_V1), a checkpoint path, or "random".
+    # One of lookalike.backbones.BACKBONES; each brings its own preprocessing.
+    backbone: Literal["mobilenet_v2", "mobilenet_v3_large", "resnet50", "efficientnet_b0"] = (
+        "mobilenet_v2"
+    )
+    # A torchvision weights name of the backbone (IMAGENET1K_V1, IMAGENET1K_V2), or "random".
+    # With a checkpoint, the name still chooses the preprocessing the checkpoint was trained
+    # with.
     weights: str = "IMAGENET1K_V1"
+    # A local file read with torch.load(weights_only=True): a torchvision state dict of the
+    # backbone, or a lookalike checkpoint written by fine-tuning. Relative to this file.
+    checkpoint: str | None = None
     # Random weights give meaningless neighbours; only tests ask for them, explicitly.
     allow_random_weights: bool = False
-    image_size: int = Field(default=224, ge=32, le=1024)
+    # Centre-crop size; null: the size the weights were trained at (224 for all built in).
+    image_size: int | None = Field(default=None, ge=32, le=1024)
+    # Crop away a uniform background border (studio photos on white) before resizing.
+    trim_borders: bool = False
     batch_size: int = Field(default=32, ge=1, le=4096)
+    # auto: the GPU when the executor has one, the CPU otherwise.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Torch threads per Python worker; 0 means cores / concurrent tasks of this executor.
+    # Torch threads per Python worker; 0 means the cores of one task (spark.task.cpus), so
+    # concurrent workers x threads never exceeds the executor's cores.
     torch_threads: int = Field(default=0, ge=0)
 
 
 class EmbedSettings(_Section):
     arrow_batch_size: int = Field(default=256, ge=1)
+    # Reuse a stored vector when the image's content hash and the model id are unchanged.
+    incremental: bool = True
+    # Threads decoding images while the model runs; 0: 1 on the CPU (the model uses the
+    # cores), 4 next to a GPU (decoding is then the bottleneck).
+    decode_threads: int = Field(default=0, ge=0, le=64)
     max_image_bytes: int = Field(default=50_000_000, ge=1)
     # Decompression-bomb guard: a tiny file that decodes to gigapixels is rejected.
     max_image_pixels: int = Field(default=64_000_000, ge=1)
@@ -154,4 +172,8 @@ def load_config(path: str | Path) -> Config:
     if "base_dir" in data:
         raise ConfigError(f"{path}: base_dir: set by the loader, not by the file")
     data["base_dir"] = str(path.resolve().parent)
+    # Workers need the checkpoint's absolute path, whatever their working directory.
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
+        model["checkpoint"] = str(Path(data["base_dir"]) / Path(model["checkpoint"]).expanduser())
     return _validate(data, source=str(path))

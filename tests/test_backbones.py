@@ -1,0 +1,184 @@
+"""The backbone registry, weights from checkpoints, model ids and the run-time device choice.
+
+Networks with random weights here are built behind the explicit flag and only test plumbing
+(shapes, ids, checkpoint round trips); nothing pretends they are pretrained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from lookalike.backbones import (
+    BACKBONES,
+    CHECKPOINT_FORMAT,
+    load_embedder,
+    resolve_model,
+    select_device,
+)
+from lookalike.config import ModelSettings
+
+RANDOM = {"weights": "random", "allow_random_weights": True}
+
+
+def _pictures() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    return [
+        Image.fromarray(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8), "RGB")
+        for _ in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "dim"),
+    [("mobilenet_v2", 1280), ("mobilenet_v3_large", 960), ("resnet50", 2048), ("efficientnet_b0", 1280)],
+)
+def test_every_registered_backbone_gives_unit_vectors_of_its_pooled_width(backbone, dim):
+    embedder = load_embedder(ModelSettings(backbone=backbone, batch_size=2, **RANDOM))
+    vectors = embedder.embed(_pictures()).numpy()
+    assert vectors.shape == (3, dim) == (3, BACKBONES[backbone].dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.model_id.startswith(f"{backbone}.random-seed0.224px.")
+
+
+def test_vectors_are_the_networks_pooled_features_in_the_default_layout():
+    # channels-last and batching are speed, not a different computation.
+    embedder = load_embedder(ModelSettings(batch_size=2, **RANDOM))
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2(weights=None).eval()
+    reference.classifier = torch.nn.Identity()
+    pictures = _pictures()
+    with torch.inference_mode():
+        expected = reference(torch.stack([embedder.prepare(p) for p in pictures]))
+    expected = torch.nn.functional.normalize(expected, dim=1).numpy()
+    np.testing.assert_allclose(embedder.embed(pictures).numpy(), expected, atol=1e-4)
+
+
+def test_each_backbone_brings_its_own_preprocessing():
+    v2 = resolve_model(ModelSettings(**RANDOM)).preprocessing
+    assert (v2.resize, v2.crop, v2.interpolation) == (256, 224, "bilinear")
+    effnet = resolve_model(ModelSettings(backbone="efficientnet_b0", **RANDOM)).preprocessing
+    assert (effnet.resize, effnet.crop, effnet.interpolation) == (256, 224, "bicubic")
+    # torchvision's V2 recipes evaluate at 232 -> 224.
+    resnet = resolve_model(ModelSettings(backbone="resnet50", weights="IMAGENET1K_V2"))
+    assert (resnet.preprocessing.resize, resnet.preprocessing.crop) == (232, 224)
+    small = resolve_model(ModelSettings(image_size=160, **RANDOM)).preprocessing
+    assert (small.resize, small.crop) == (183, 160)
+
+
+def test_model_id_fingerprints_backbone_weights_and_preprocessing():
+    ids = {
+        resolve_model(settings).model_id
+        for settings in (
+            ModelSettings(),
+            ModelSettings(weights="IMAGENET1K_V2"),
+            ModelSettings(image_size=192),
+            ModelSettings(trim_borders=True),
+            ModelSettings(backbone="resnet50"),
+            ModelSettings(**RANDOM),
+        )
+    }
+    assert len(ids) == 6
+    # Resolving builds nothing and is stable: the driver and every worker agree.
+    assert resolve_model(ModelSettings()).model_id == resolve_model(ModelSettings()).model_id
+
+
+def test_unknown_weights_name_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"model\.weights: 'IMAGENET9K'.*IMAGENET1K_V1"):
+        resolve_model(ModelSettings(weights="IMAGENET9K"))
+
+
+def test_random_weights_need_the_explicit_flag():
+    with pytest.raises(ValueError, match="allow_random_weights"):
+        resolve_model(ModelSettings(weights="random"))
+
+
+def test_torchvision_state_dict_checkpoint_round_trips(tmp_path):
+    torch.manual_seed(123)
+    net = torchvision.models.mobilenet_v2(weights=None).eval()  # classifier included
+    path = tmp_path / "shop.pt"
+    torch.save(net.state_dict(), path)
+
+    embedder = load_embedder(ModelSettings(checkpoint=str(path), batch_size=2))
+    net.classifier = torch.nn.Identity()
+    pictures = _pictures()
+    with torch.inference_mode():
+        expected = net(torch.stack([embedder.prepare(p) for p in pictures]))
+    expected = torch.nn.functional.normalize(expected, dim=1).numpy()
+    np.testing.assert_allclose(embedder.embed(pictures).numpy(), expected, atol=1e-4)
+    assert ".ckpt-" in embedder.model_id
+
+    # Other weights in the same file name: another model id, so no stored vector is reused.
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
+    assert resolve_model(ModelSettings(checkpoint=str(path))).model_id != embedder.model_id
+
+
+def test_lookalike_checkpoint_with_projection_changes_the_width(tmp_path):
+    torch.manual_seed(5)
+    backbone = torchvision.models.resnet50(weights=None)
+    backbone.fc = torch.nn.Identity()
+    projection = torch.nn.Linear(2048, 128)
+    path = tmp_path / "fine-tuned.pt"
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": "resnet50",
+            "state_dict": backbone.state_dict(),
+            "projection": projection.state_dict(),
+        },
+        path,
+    )
+    embedder = load_embedder(ModelSettings(backbone="resnet50", checkpoint=str(path)))
+    assert embedder.embed(_pictures()[:1]).shape == (1, 128)
+
+    with pytest.raises(ValueError, match="holds a resnet50 network, but model.backbone is"):
+        load_embedder(ModelSettings(backbone="mobilenet_v2", checkpoint=str(path)))
+
+
+def test_checkpoint_that_does_not_fit_or_is_not_weights_is_refused(tmp_path):
+    other = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
+    with pytest.raises(ValueError, match="does not fit mobilenet_v2"):
+        load_embedder(ModelSettings(checkpoint=str(other)))
+    junk = tmp_path / "junk.pt"
+    torch.save({"hello": [1, 2]}, junk)
+    with pytest.raises(ValueError, match="neither a state dict"):
+        load_embedder(ModelSettings(checkpoint=str(junk)))
+    with pytest.raises(ValueError, match="no such file"):
+        resolve_model(ModelSettings(checkpoint=str(tmp_path / "missing.pt")))
+
+
+def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state": Payload()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported"):
+        load_embedder(ModelSettings(checkpoint=str(path)))
+
+
+def test_device_is_chosen_at_run_time():
+    assert select_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert select_device("auto").type == "cuda"
+        assert select_device("cuda", ["0"]) == torch.device("cuda", 0)
+    else:
+        assert select_device("auto") == torch.device("cpu")
+        with pytest.raises(RuntimeError, match="model.device is 'cuda' but torch sees no GPU"):
+            select_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_gpu_mixed_precision_vectors_match_the_cpu():
+    settings = ModelSettings(batch_size=2, **RANDOM)
+    pictures = _pictures()
+    on_cpu = load_embedder(settings.model_copy(update={"device": "cpu"})).embed(pictures)
+    gpu = load_embedder(settings.model_copy(update={"device": "cuda"}))
+    assert gpu.device.type == "cuda"
+    cosines = (gpu.embed(pictures) * on_cpu).sum(dim=1).numpy()
+    assert np.all(cosines > 0.999)
