@@ -34,7 +34,12 @@ def _pictures() -> list[Image.Image]:
 
 @pytest.mark.parametrize(
     ("backbone", "dim"),
-    [("mobilenet_v2", 1280), ("mobilenet_v3_large", 960), ("resnet50", 2048), ("efficientnet_b0", 1280)],
+    [
+        ("mobilenet_v2", 1280),
+        ("mobilenet_v3_large", 960),
+        ("resnet50", 2048),
+        ("efficientnet_b0", 1280),
+    ],
 )
 def test_every_registered_backbone_gives_unit_vectors_of_its_pooled_width(backbone, dim):
     embedder = load_embedder(ModelSettings(backbone=backbone, batch_size=2, **RANDOM))

@@ -137,7 +137,7 @@ def test_published_tables_match_the_runs_record(night):
     for name, n_rows in published.items():
         assert len(_table(output, name)) == n_rows, name
     assert published["catalog"] == counts["ingest"]["valid"]
-    assert published["embeddings"] == counts["embed"]["embedded"]
+    assert published["embeddings"] == counts["embed"]["vectors"]
     assert published["similar_items"] == counts["neighbors"]["rows"]
     assert published["duplicate_clusters"] == counts["duplicates"]["listings_in_clusters"]
     assert published["rejects"] == counts["ingest"]["rejected"] + counts["embed"]["rejected"]

@@ -1,18 +1,26 @@
-"""Embed: every catalog image through the backbone, inside a pandas UDF on the executors.
+"""Embed: every catalog image through the backbone, inside pandas UDFs on the executors.
 
-The UDF follows the Iterator pattern so that the model is built once per Python worker and
+The UDFs follow the Iterator pattern so that the model is built once per Python worker and
 reused across its batches (and across tasks, since Spark reuses Python workers). Images are
 read and decoded in the worker; a bad image becomes a reject reason, never a failed task.
+
+Incremental runs: a first, cheap pass reads each image's bytes and hashes them
+(``with_content_hashes``); images whose content hash already has a vector under the same
+model id reuse it (``reuse_stored_vectors``), and only the rest go through the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import resource
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from itertools import islice
 
 import pandas as pd
 import torch
-from pyspark import TaskContext
+from pyspark import Accumulator, AccumulatorParam, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -20,6 +28,14 @@ from pyspark.sql import types as T
 from lookalike.backbones import Embedder, load_embedder
 from lookalike.config import EmbedSettings, ModelSettings
 from lookalike.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
+
+HASH_RESULT = T.StructType(
+    [
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("reject_reason", T.StringType()),
+        T.StructField("reject_detail", T.StringType()),
+    ]
+)
 
 EMBED_RESULT = T.StructType(
     [
@@ -41,72 +57,153 @@ EMBEDDINGS_COLUMNS = (
     "embedded_at",
 )
 
+_GPU_DECODE_THREADS = 4
+
+
+class MaxParam(AccumulatorParam):
+    """An accumulator that keeps the largest value any task reported."""
+
+    def zero(self, value: int) -> int:
+        return 0
+
+    def addInPlace(self, value1: int, value2: int) -> int:  # noqa: N802 (PySpark's name)
+        return max(value1, value2)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
 
 @cache
 def _worker_embedder(settings: ModelSettings) -> Embedder:
     # Cached per Python worker process: the model loads once, not once per batch or task.
     # Torch threads follow the task's cores, so concurrent workers do not oversubscribe.
     task = TaskContext.get()
-    threads = settings.torch_threads or (task.cpus() if task else 1)
+    threads = settings.torch_threads or (task.cpus() if task else os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads))
-    return load_embedder(settings)
+    gpus = task.resources().get("gpu") if task else None
+    return load_embedder(settings, gpu_addresses=gpus.addresses if gpus else ())
 
 
-def embed_uris(uris: pd.Series, embedder: Embedder, limits: ImageLimits) -> pd.DataFrame:
-    """One result row per URI: hash + vector, or the reason the image was rejected."""
-    hashes: list[str | None] = []
-    reasons: list[str | None] = []
-    details: list[str | None] = []
-    images = []
-    for uri in uris:
+def decode_threads(setting: int, embedder: Embedder) -> int:
+    if setting:
+        return setting
+    return _GPU_DECODE_THREADS if embedder.device.type == "cuda" else 1
+
+
+def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[str, torch.Tensor]:
+    """(content hash, prepared tensor) of one image; ImageRejected if it cannot be used."""
+    data = read_bytes(uri, limits)
+    image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
+    return content_hash(data), embedder.prepare(image)
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def embed_uris(
+    uris: Iterable[str], embedder: Embedder, limits: ImageLimits, threads: int = 1
+) -> pd.DataFrame:
+    """One result row per URI, in order: hash + vector, or the reason the image was rejected.
+
+    With ``threads`` > 1, images are decoded by a thread pool while the network runs on the
+    batch before (PIL releases the GIL while decoding): what keeps a GPU busy.
+    """
+
+    def load(uri: str) -> tuple[str, torch.Tensor] | ImageRejected:
         try:
-            data = read_bytes(uri, limits.max_bytes)
-            image = decode_rgb(data, limits.max_pixels)
+            return _load(uri, embedder, limits)
         except ImageRejected as rejected:
-            hashes.append(None)
-            reasons.append(rejected.reason)
-            details.append(rejected.detail)
-            images.append(None)
-            continue
-        hashes.append(content_hash(data))
-        reasons.append(None)
-        details.append(None)
-        images.append(image)
-    vectors = embedder.embed([im for im in images if im is not None]).numpy()
-    rows = iter(vectors)
-    embeddings = [None if im is None else next(rows) for im in images]
+            return rejected
+
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        loaded = pool.map(load, uris) if pool else map(load, uris)
+        rows: list[tuple] = []
+        for batch in _batches(loaded, embedder.batch_size):
+            good = [item for item in batch if not isinstance(item, ImageRejected)]
+            vectors = iter(embedder.embed_tensors([tensor for _, tensor in good]).numpy())
+            for item in batch:
+                if isinstance(item, ImageRejected):
+                    rows.append((None, None, None, item.reason, item.detail))
+                else:
+                    rows.append((item[0], embedder.model_id, next(vectors), None, None))
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    columns = [field.name for field in EMBED_RESULT.fields]
+    # Typed columns: an all-rejected batch must still give Arrow a list column, not floats.
     return pd.DataFrame(
-        {
-            "content_hash": hashes,
-            "model_id": [None if im is None else embedder.model_id for im in images],
-            "embedding": embeddings,
-            "reject_reason": reasons,
-            "reject_detail": details,
-        }
+        {name: pd.Series([row[i] for row in rows], dtype=object) for i, name in enumerate(columns)}
     )
 
 
-def make_embed_udf(model: ModelSettings, embed: EmbedSettings):
+def make_embed_udf(
+    model: ModelSettings,
+    embed: EmbedSettings,
+    limits: ImageLimits,
+    peak_rss: Accumulator | None = None,
+):
     """The pandas UDF (image_uri) -> EMBED_RESULT for these settings."""
-    limits = ImageLimits(max_bytes=embed.max_image_bytes, max_pixels=embed.max_image_pixels)
 
     @F.pandas_udf(EMBED_RESULT)
     def embed_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         embedder = _worker_embedder(model)
+        threads = decode_threads(embed.decode_threads, embedder)
         for uris in batches:
-            yield embed_uris(uris, embedder, limits)
+            yield embed_uris(uris, embedder, limits, threads)
+            if peak_rss is not None:
+                peak_rss.add(peak_rss_bytes())
 
     return embed_images
 
 
+def make_hash_udf(limits: ImageLimits):
+    """The pandas UDF (image_uri) -> HASH_RESULT: the bytes' identity, or why they are bad."""
+
+    @F.pandas_udf(HASH_RESULT)
+    def hash_images(uris: pd.Series) -> pd.DataFrame:
+        rows = []
+        for uri in uris:
+            try:
+                rows.append((content_hash(read_bytes(uri, limits)), None, None))
+            except ImageRejected as rejected:
+                rows.append((None, rejected.reason, rejected.detail))
+        return pd.DataFrame(rows, columns=[f.name for f in HASH_RESULT.fields], dtype=object)
+
+    return hash_images
+
+
 def with_embedding_results(
-    catalog_df: DataFrame, model: ModelSettings, embed: EmbedSettings, n_partitions: int
+    catalog_df: DataFrame,
+    model: ModelSettings,
+    embed: EmbedSettings,
+    n_partitions: int,
+    limits: ImageLimits | None = None,
+    peak_rss: Accumulator | None = None,
 ) -> DataFrame:
     """The catalog plus an ``embedded`` struct column (vector or reject reason) per SKU."""
-    embed_images = make_embed_udf(model, embed)
+    limits = limits or ImageLimits(embed.max_image_bytes, embed.max_image_pixels)
+    embed_images = make_embed_udf(model, embed, limits, peak_rss)
     return catalog_df.repartition(n_partitions).withColumn(
         "embedded", embed_images(F.col("image_uri"))
     )
+
+
+def with_content_hashes(catalog_df: DataFrame, limits: ImageLimits) -> DataFrame:
+    """The catalog plus a ``hashed`` struct column (content hash or reject reason) per SKU."""
+    return catalog_df.withColumn("hashed", make_hash_udf(limits)(F.col("image_uri")))
 
 
 def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
@@ -121,14 +218,49 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         F.col("embedded.embedding").alias("embedding"),
         F.current_timestamp().alias("embedded_at"),
     )
-    rejects_df = results_df.filter(F.col("embedded.reject_reason").isNotNull()).select(
+    return embeddings_df, image_rejects(results_df, "embedded", run_id)
+
+
+def image_rejects(results_df: DataFrame, column: str, run_id: str) -> DataFrame:
+    """Reject rows (the rejects table's columns) of the rows whose ``column`` has a reason."""
+    return results_df.filter(F.col(f"{column}.reject_reason").isNotNull()).select(
         F.lit(run_id).alias("run_id"),
         "sku_id",
         F.lit("embed").alias("stage"),
-        F.col("embedded.reject_reason").alias("reason"),
-        F.col("embedded.reject_detail").alias("detail"),
+        F.col(f"{column}.reject_reason").alias("reason"),
+        F.col(f"{column}.reject_detail").alias("detail"),
         F.to_json(F.struct("sku_id", "category", "image_uri", "title", "is_active")).alias(
             "record"
         ),
     )
-    return embeddings_df, rejects_df
+
+
+def reuse_stored_vectors(
+    hashed_df: DataFrame, stored_df: DataFrame, model_id: str
+) -> tuple[DataFrame, DataFrame]:
+    """Split hashed catalog rows into (reused embeddings, rows still to embed).
+
+    ``stored_df`` holds earlier vectors (content_hash, model_id, embedding, embedded_at). A
+    row reuses a vector when its image bytes hash the same under the same model id: the
+    vector is a function of exactly those, so reuse is exact. Rows whose image could not be
+    read are in neither output (they are rejects).
+    """
+    stored = (
+        stored_df.filter(F.col("model_id") == model_id)
+        .select("content_hash", "embedding", "embedded_at")
+        .dropDuplicates(["content_hash"])
+    )
+    readable = hashed_df.filter(F.col("hashed.reject_reason").isNull()).withColumn(
+        "content_hash", F.col("hashed.content_hash")
+    )
+    reused_df = readable.join(stored, "content_hash").select(
+        "sku_id",
+        "category",
+        "is_active",
+        "content_hash",
+        F.lit(model_id).alias("model_id"),
+        "embedding",
+        "embedded_at",
+    )
+    todo_df = readable.join(stored, "content_hash", "left_anti").drop("hashed", "content_hash")
+    return reused_df, todo_df
