@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from lookalike.images import local_path
+from lookalike.images import IMAGE_OUTSIDE_ROOTS, local_path
 
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
 OPTIONAL_COLUMNS = ("title", "updated_at")
@@ -28,7 +28,6 @@ MISSING_SKU_ID = "missing_sku_id"
 DUPLICATE_SKU_ID = "duplicate_sku_id"
 MISSING_CATEGORY = "missing_category"
 MISSING_IMAGE_URI = "missing_image_uri"
-IMAGE_OUTSIDE_ROOTS = "image_outside_roots"
 INVALID_IS_ACTIVE = "invalid_is_active"
 INVALID_UPDATED_AT = "invalid_updated_at"
 
