@@ -21,7 +21,7 @@ REASONS = {
     "image_not_found": "embed",
     "image_empty": "embed",
     "image_truncated": "embed",
-    "image_undecodable": "embed",
+    "image_not_an_image": "embed",
     "duplicate_sku_id": "ingest",
     "missing_category": "ingest",
     "image_outside_roots": "ingest",
@@ -265,7 +265,7 @@ def test_bad_rows_are_broken_as_listed(
         image.load()  # ...whose data stops halfway
 
     with pytest.raises(UnidentifiedImageError):
-        Image.open(image_of("image_undecodable"))
+        Image.open(image_of("image_not_an_image"))
 
     twins = by_reason["duplicate_sku_id"]
     assert len(twins) == 2

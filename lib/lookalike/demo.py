@@ -498,7 +498,7 @@ def _bad_rows(
         (ids["not_found"], "embed", "image_not_found"),
         (ids["empty"], "embed", "image_empty"),
         (ids["truncated"], "embed", "image_truncated"),
-        (ids["undecodable"], "embed", "image_undecodable"),
+        (ids["undecodable"], "embed", "image_not_an_image"),
         (ids["duplicate"], "ingest", "duplicate_sku_id"),
         (ids["no_category"], "ingest", "missing_category"),
         (ids["outside"], "ingest", "image_outside_roots"),
