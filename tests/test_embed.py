@@ -60,7 +60,7 @@ def test_udf_vectors_equal_the_library_call_and_bad_images_are_rejects(
 
     assert rejects == {
         "empty": ("embed", "image_empty"),
-        "text": ("embed", "image_undecodable"),
+        "text": ("embed", "image_not_an_image"),
         "missing": ("embed", "image_not_found"),
     }
     assert set(got) == {"red-ellipse", "blue-box", "green-box", "copy"}

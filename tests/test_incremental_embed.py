@@ -104,7 +104,8 @@ def test_first_run_embeds_every_readable_image(runs):
 def test_unchanged_images_reuse_the_stored_vector_exactly(runs):
     (day1, _), (day2, result), _ = runs
     counts = result.counts
-    # 10 unchanged (+ the copy) reused; the replaced photo and the new SKU embedded.
+    # 10 unchanged SKUs and the copy reuse their vectors; the replaced photo and the new
+    # SKU are embedded.
     assert counts["reused"] == 11
     assert counts["embedded"] == 2
     assert counts["rejected"] == 1

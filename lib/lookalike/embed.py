@@ -159,9 +159,10 @@ def make_embed_udf(
 
     @F.pandas_udf(EMBED_RESULT)
     def embed_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        embedder = _worker_embedder(model)
-        threads = decode_threads(embed.decode_threads, embedder)
         for uris in batches:
+            # Built on the first batch (an empty partition loads nothing), then cached.
+            embedder = _worker_embedder(model)
+            threads = decode_threads(embed.decode_threads, embedder)
             yield embed_uris(uris, embedder, limits, threads)
             if peak_rss is not None:
                 peak_rss.add(peak_rss_bytes())
@@ -238,29 +239,29 @@ def image_rejects(results_df: DataFrame, column: str, run_id: str) -> DataFrame:
 def reuse_stored_vectors(
     hashed_df: DataFrame, stored_df: DataFrame, model_id: str
 ) -> tuple[DataFrame, DataFrame]:
-    """Split hashed catalog rows into (reused embeddings, rows still to embed).
+    """Split readable hashed catalog rows into (reused embeddings, rows still to embed).
 
-    ``stored_df`` holds earlier vectors (content_hash, model_id, embedding, embedded_at). A
-    row reuses a vector when its image bytes hash the same under the same model id: the
-    vector is a function of exactly those, so reuse is exact. Rows whose image could not be
-    read are in neither output (they are rejects).
+    ``stored_df`` holds earlier vectors (sku_id, content_hash, model_id, embedding,
+    embedded_at). A SKU reuses its vector when its image bytes hash the same under the same
+    model id: the vector is a function of exactly those, so reuse is exact. Rows whose image
+    could not be read are in neither output (they are rejects, see ``image_rejects``).
+
+    The vectors are only streamed once, through an inner join against the (small, broadcast)
+    hashed catalog; deciding what is left to embed reads the stored keys alone.
     """
-    stored = (
-        stored_df.filter(F.col("model_id") == model_id)
-        .select("content_hash", "embedding", "embedded_at")
-        .dropDuplicates(["content_hash"])
-    )
-    readable = hashed_df.filter(F.col("hashed.reject_reason").isNull()).withColumn(
-        "content_hash", F.col("hashed.content_hash")
-    )
-    reused_df = readable.join(stored, "content_hash").select(
+    keys = ["sku_id", "content_hash"]
+    stored = stored_df.filter(F.col("model_id") == model_id)
+    readable = hashed_df.filter(F.col("hashed.reject_reason").isNull()).select(
         "sku_id",
         "category",
+        "image_uri",
+        "title",
         "is_active",
-        "content_hash",
-        F.lit(model_id).alias("model_id"),
-        "embedding",
-        "embedded_at",
+        *[c for c in hashed_df.columns if c == "updated_at"],
+        F.col("hashed.content_hash").alias("content_hash"),
     )
-    todo_df = readable.join(stored, "content_hash", "left_anti").drop("hashed", "content_hash")
-    return reused_df, todo_df
+    reused_df = stored.select(*keys, "model_id", "embedding", "embedded_at").join(
+        F.broadcast(readable.select(*keys, "category", "is_active")), keys
+    )
+    todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
+    return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df

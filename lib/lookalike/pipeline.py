@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import reduce
 from pathlib import Path
 
 import pyarrow as pa
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike import backbones, catalog, duplicates, embed, index, neighbors, report, tables
@@ -62,9 +63,17 @@ class StageResult:
     seconds: float
 
 
+def _counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
+    """``df`` counting its rows as they pass: the count is read after the next action."""
+    observation = Observation(name)
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
+
+
 def _write(df: DataFrame, path: Path) -> int:
+    """Write ``df`` as the Parquet folder ``path``; its row count, taken while writing."""
+    df, written = _counted(df, path.name)
     df.write.mode("overwrite").parquet(str(path))
-    return df.sparkSession.read.parquet(str(path)).count()
+    return written.get["rows"]
 
 
 def _read(spark: SparkSession, path: Path, stage: str) -> DataFrame:
@@ -96,19 +105,17 @@ def run_ingest(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     return {"rows_read": n_valid + n_rejected, "valid": n_valid, "rejected": n_rejected}
 
 
-def _stored_vectors(spark: SparkSession, ctx: RunContext, model_id: str) -> DataFrame | None:
-    """The vectors of the latest earlier run that embedded with this model, if any."""
+def _stored_vectors(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """The vectors of the latest earlier run, if any (``reuse_stored_vectors`` keeps those of
+    the current model)."""
     earlier = sorted(
         p.parent.parent.name for p in (ctx.layout.root / "runs").glob("*/embeddings/_SUCCESS")
     )
-    for run_id in reversed([r for r in earlier if r < ctx.run_id]):
-        path = RunLayout(ctx.layout.root, run_id).embeddings
-        # Pushed down to the Parquet footers' statistics: no vector is read to decide.
-        stored_df = spark.read.parquet(str(path)).filter(F.col("model_id") == model_id)
-        if stored_df.limit(1).count():
-            log.info("embed: reusing unchanged vectors of run %s", run_id)
-            return stored_df
-    return None
+    earlier = [run_id for run_id in earlier if run_id < ctx.run_id]
+    if not earlier:
+        return None
+    log.info("embed: reusing unchanged vectors of run %s", earlier[-1])
+    return spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
 
 
 def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -124,44 +131,55 @@ def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         roots=tuple(_image_roots(ctx, ctx.catalog_path())),
     )
     peak_rss = spark.sparkContext.accumulator(0, embed.MaxParam())
-    stored_df = _stored_vectors(spark, ctx, spec.model_id) if settings.incremental else None
+    stored_df = _stored_vectors(spark, ctx) if settings.incremental else None
+    vectors: list[DataFrame] = []
+    rejects: list[DataFrame] = []
     persisted: list[DataFrame] = []
-    if stored_df is None:
-        todo_df, reused_df, read_rejects_df = catalog_df, None, None
-    else:
-        # A cheap pass first: hash every image's bytes; only new hashes reach the network.
-        hashed_df = embed.with_content_hashes(catalog_df, limits).persist()
-        persisted.append(hashed_df)
-        reused_df, todo_df = embed.reuse_stored_vectors(hashed_df, stored_df, spec.model_id)
-        read_rejects_df = embed.image_rejects(hashed_df, "hashed", ctx.run_id)
-    n_todo = todo_df.count()
-    cores = spark.sparkContext.defaultParallelism
-    # Enough partitions to keep every core busy, few enough that each holds several batches.
-    n_partitions = max(1, min(cores * 4, math.ceil(n_todo / model.batch_size)))
-    # Persisted so that each image is read and embedded once for both outputs.
-    results_df = embed.with_embedding_results(
-        todo_df, model, settings, n_partitions, limits, peak_rss
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    persisted.append(results_df)
     try:
-        embeddings_df, rejects_df = embed.split_embedding_results(results_df, ctx.run_id)
-        n_embedded = embeddings_df.count()
-        if reused_df is not None:
-            embeddings_df = embeddings_df.unionByName(reused_df)
-            rejects_df = rejects_df.unionByName(read_rejects_df)
-        n_vectors = _write(embeddings_df, ctx.layout.embeddings)
-        n_rejected = _write(rejects_df, ctx.layout.rejects("embed"))
+        if stored_df is None:
+            todo_df = catalog_df
+        else:
+            # A cheap pass first: hash every image's bytes; only new hashes reach the network.
+            hashed_df = embed.with_content_hashes(catalog_df, limits).persist()
+            persisted.append(hashed_df)
+            reused_df, todo_df = embed.reuse_stored_vectors(hashed_df, stored_df, spec.model_id)
+            vectors.append(reused_df)
+            rejects.append(embed.image_rejects(hashed_df, "hashed", ctx.run_id))
+        n_todo = todo_df.count()
+        embedded = None
+        if n_todo:
+            cores = spark.sparkContext.defaultParallelism
+            # Enough partitions to keep every core busy, few enough that each holds several
+            # batches.
+            n_partitions = max(1, min(cores * 4, math.ceil(n_todo / model.batch_size)))
+            # Persisted so that each image is read and embedded once for both outputs.
+            results_df = embed.with_embedding_results(
+                todo_df, model, settings, n_partitions, limits, peak_rss
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(results_df)
+            new_df, new_rejects_df = embed.split_embedding_results(results_df, ctx.run_id)
+            new_df, embedded = _counted(new_df, "embedded")
+            vectors.append(new_df)
+            rejects.append(new_rejects_df)
+        n_vectors = _write(_union(vectors), ctx.layout.embeddings)
+        n_rejected = _write(_union(rejects), ctx.layout.rejects("embed"))
     finally:
         for df in persisted:
             df.unpersist()
+    n_embedded = embedded.get["rows"] if embedded else 0
     return {
-        "images": catalog_df.count(),
+        # Every catalog row is a vector or a reject: nothing is dropped on the way.
+        "images": n_vectors + n_rejected,
         "vectors": n_vectors,
         "embedded": n_embedded,
         "reused": n_vectors - n_embedded,
         "rejected": n_rejected,
         "worker_peak_rss_mb": round(peak_rss.value / 2**20),
     }
+
+
+def _union(dfs: list[DataFrame]) -> DataFrame:
+    return reduce(DataFrame.unionByName, dfs)
 
 
 def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
