@@ -1,7 +1,9 @@
 """The nightly lookalike run as an Airflow 3 DAG: one spark-submit per stage of the job.
 
-    ingest >> embed >> index >> [neighbors, duplicates];  duplicates >> report;
-    [neighbors, report] >> publish
+    ingest >> embed >> index >> duplicates >> [neighbors, report] >> publish
+
+(neighbors leaves a SKU's own duplicate listings out of its similar items, so it needs the
+duplicate clusters.)
 
 Each task runs ``<LOOKALIKE_HOME>/jobs/<stage>.py --conf <LOOKALIKE_CONF> --run-date {{ ds }}``.
 The run date is the DAG run's logical date, so re-running or clearing a date reruns exactly that
@@ -46,7 +48,7 @@ LOOKALIKE_HOME = Path(os.environ.get("LOOKALIKE_HOME") or Path(__file__).resolve
 LOOKALIKE_CONF = LOOKALIKE_HOME / (os.environ.get("LOOKALIKE_CONF") or "conf/default.yaml")
 SPARK_CONN_ID = os.environ.get("LOOKALIKE_SPARK_CONN_ID") or "spark_default"
 
-STAGES = ("ingest", "embed", "index", "neighbors", "duplicates", "report", "publish")
+STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "report", "publish")
 
 default_args = {
     "owner": "lookalike",
@@ -76,6 +78,5 @@ with DAG(
         for stage in STAGES
     }
 
-    tasks["ingest"] >> tasks["embed"] >> tasks["index"] >> [tasks["neighbors"], tasks["duplicates"]]
-    tasks["duplicates"] >> tasks["report"]
-    [tasks["neighbors"], tasks["report"]] >> tasks["publish"]
+    tasks["ingest"] >> tasks["embed"] >> tasks["index"] >> tasks["duplicates"]
+    tasks["duplicates"] >> [tasks["neighbors"], tasks["report"]] >> tasks["publish"]

@@ -21,8 +21,9 @@ STAGES = {"ingest", "embed", "index", "neighbors", "duplicates", "report", "publ
 EDGES = {
     ("ingest", "embed"),
     ("embed", "index"),
-    ("index", "neighbors"),
     ("index", "duplicates"),
+    # Similar items leave out a SKU's own duplicate listings: neighbors needs the clusters.
+    ("duplicates", "neighbors"),
     ("duplicates", "report"),
     ("neighbors", "publish"),
     ("report", "publish"),

@@ -4,19 +4,61 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pytest
 from chispa import assert_df_equality
 
 from lookalike.duplicates import (
+    CONFIRMED,
+    NOT_DUPLICATE,
+    apply_decisions,
     connected_components,
     content_hash_pairs,
     duplicate_clusters,
+    latest_decisions,
     merge_pairs,
+    phash_band_keys,
+    phash_pairs,
 )
+from lookalike.neighbors import without_own_duplicates
+from lookalike.perceptual import band_keys
 
 pytestmark = pytest.mark.slow
 
 PAIRS = "sku_id_a string, sku_id_b string, score float, evidence string"
+EMBEDDINGS = (
+    "sku_id string, content_hash string, embedding array<float>, phash long, phash_mirrored long"
+)
+CATALOG = "sku_id string, category string, is_active boolean, updated_at timestamp, title string"
+DIM = 8
+
+
+def _unit(*components: float) -> list[float]:
+    v = np.zeros(DIM)
+    v[: len(components)] = components
+    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    return float(np.dot(a, b))
+
+
+def _embeddings(spark, rows):
+    """rows: (sku_id, content_hash, vector, phash, phash_mirrored)."""
+    return spark.createDataFrame(rows, EMBEDDINGS)
+
+
+def _catalog(spark, skus, category="mugs"):
+    return spark.createDataFrame(
+        [(s, category, True, dt.datetime(2024, 1, 1), f"title {s}") for s in skus], CATALOG
+    )
+
+
+def _clusters(df) -> set[frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for row in df.collect():
+        groups.setdefault(row.cluster_id, set()).add(row.sku_id)
+    return {frozenset(g) for g in groups.values()}
 
 
 def test_connected_components_joins_chains_and_keeps_groups_apart(spark):
@@ -76,34 +118,170 @@ def test_merge_pairs_keeps_all_evidence_and_the_best_score(spark):
     ]
 
 
-def test_canonical_listing_is_active_then_oldest_then_smallest_id(spark):
+def test_canonical_listing_is_active_then_oldest_then_titled_then_smallest_id(spark):
     pairs_df = spark.createDataFrame(
         [
             ("a1", "a2", 0.97, "embedding"),
             ("a2", "a3", 1.0, "content_hash"),
             ("b1", "b2", 0.99, "embedding"),
+            ("c1", "c2", 0.99, "embedding"),
         ],
         PAIRS,
     )
     catalog_df = spark.createDataFrame(
         [
             # a1 is the oldest but inactive; a3 is active and older than a2.
-            ("a1", "mugs", False, dt.datetime(2020, 1, 1)),
-            ("a2", "mugs", True, dt.datetime(2024, 1, 1)),
-            ("a3", "mugs", True, dt.datetime(2023, 1, 1)),
+            ("a1", "mugs", False, dt.datetime(2020, 1, 1), "mug"),
+            ("a2", "mugs", True, dt.datetime(2024, 1, 1), "mug"),
+            ("a3", "mugs", True, dt.datetime(2023, 1, 1), "mug"),
             # Same age (unknown): the smallest sku_id.
-            ("b2", "hats", True, None),
-            ("b1", "hats", True, None),
+            ("b2", "hats", True, None, "hat"),
+            ("b1", "hats", True, None, "hat"),
+            # Same age, c1 has no title: the more complete listing c2.
+            ("c1", "hats", True, None, "  "),
+            ("c2", "hats", True, None, "a hat"),
         ],
-        "sku_id string, category string, is_active boolean, updated_at timestamp",
+        CATALOG,
     )
-    rows = {r.sku_id: r for r in duplicate_clusters(pairs_df, catalog_df, run_id="r1").collect()}
-    assert set(rows) == {"a1", "a2", "a3", "b1", "b2"}
+    near = _unit(1, 0.1)
+    embeddings_df = _embeddings(
+        spark,
+        [
+            ("a1", "h1", _unit(1, 0.05), 1, 1),
+            ("a2", "h2", near, 2, 2),
+            ("a3", "h2", near, 2, 2),
+            ("b1", "h4", _unit(0, 1), 3, 3),
+            ("b2", "h5", _unit(0, 1, 0.1), 4, 4),
+            ("c1", "h6", _unit(0, 0, 1), 5, 5),
+            ("c2", "h7", _unit(0, 0, 1, 0.1), 6, 6),
+        ],
+    )
+    rows = {
+        r.sku_id: r
+        for r in duplicate_clusters(
+            pairs_df, catalog_df, embeddings_df, run_id="r1", chain_min_similarity=0.9
+        ).collect()
+    }
+    assert set(rows) == {"a1", "a2", "a3", "b1", "b2", "c1", "c2"}
     assert {rows[s].canonical_sku_id for s in ("a1", "a2", "a3")} == {"a3"}
     assert {rows[s].canonical_sku_id for s in ("b1", "b2")} == {"b1"}
-    assert [s for s, r in rows.items() if r.is_canonical] in (["a3", "b1"], ["b1", "a3"])
+    assert {rows[s].canonical_sku_id for s in ("c1", "c2")} == {"c2"}
+    assert sorted(s for s, r in rows.items() if r.is_canonical) == ["a3", "b1", "c2"]
     assert rows["a1"].cluster_id == rows["a2"].cluster_id != rows["b1"].cluster_id
     assert rows["a1"].evidence == "content_hash,embedding"
-    assert rows["a1"].min_score == pytest.approx(0.97)
+    # Scores are to the canonical listing: same bytes 1.0, otherwise the cosine.
+    assert rows["a2"].score == pytest.approx(1.0)
+    assert rows["a1"].score == pytest.approx(_cos(_unit(1, 0.05), near), abs=1e-5)
+    assert rows["a1"].min_score == pytest.approx(rows["a1"].score)
     assert rows["b2"].evidence == "embedding"
     assert rows["b1"].run_id == "r1"
+
+
+def test_a_chain_of_small_steps_does_not_join_far_apart_listings(spark):
+    # a ~ b ~ c ~ d, each step cosine ~0.95, but a and d are far apart (cosine < 0.7).
+    angles = np.radians([0, 18, 36, 54])
+    vectors = {s: _unit(np.cos(t), np.sin(t)) for s, t in zip("abcd", angles, strict=True)}
+    assert _cos(vectors["a"], vectors["d"]) < 0.7
+    pairs_df = spark.createDataFrame(
+        [(x, y, _cos(vectors[x], vectors[y]), "embedding") for x, y in ("ab", "bc", "cd")], PAIRS
+    )
+    embeddings_df = _embeddings(
+        spark, [(s, f"h-{s}", v, i, i) for i, (s, v) in enumerate(vectors.items())]
+    )
+    clusters_df = duplicate_clusters(
+        pairs_df, _catalog(spark, "abcd"), embeddings_df, run_id="r", chain_min_similarity=0.9
+    )
+    clusters = _clusters(clusters_df)
+    # Plain connected components would give one cluster {a, b, c, d}.
+    assert not any({"a", "d"} <= c for c in clusters)
+    assert not any({"a", "c"} <= c for c in clusters)
+    # a (canonical: smallest id) keeps b; c and d, detached, form their own cluster.
+    assert clusters == {frozenset("ab"), frozenset("cd")}
+    for row in clusters_df.collect():
+        canonical = vectors[row.canonical_sku_id]
+        assert _cos(vectors[row.sku_id], canonical) >= 0.9
+
+
+def test_phash_band_keys_in_spark_equal_the_library(spark):
+    rng = np.random.default_rng(3)
+    hashes = [int(h) for h in rng.integers(-(2**63), 2**63 - 1, 50, dtype=np.int64)]
+    hashes += [-1, 0, 2**63 - 1, -(2**63)]
+    df = spark.createDataFrame([(h,) for h in hashes], "phash long")
+    got = [list(r.keys) for r in df.select(phash_band_keys("phash").alias("keys")).collect()]
+    assert got == [band_keys(h, 4) for h in hashes]
+
+
+def test_phash_pairs_find_close_hashes_mirrored_too_and_need_a_similar_vector(spark):
+    base = 0x5A5A_1234_F0F0_0FF0
+    flip = lambda h, *bits: sum(1 << b for b in bits) ^ h  # noqa: E731
+    signed = lambda h: h - 2**64 if h >= 2**63 else h  # noqa: E731
+    v = _unit(1, 0.2)
+    rows = [
+        ("orig", "h1", v, signed(base), signed(~base & (2**64 - 1))),
+        # 5 bits off in 3 of the 4 bands: a re-encoded copy.
+        ("copy", "h2", _unit(1, 0.25), signed(flip(base, 1, 2, 20, 40, 41)), 0),
+        # Its pHash equals the original's mirrored hash: a mirrored copy.
+        ("mirror", "h3", _unit(1, 0.3), signed(~base & (2**64 - 1)), signed(base)),
+        # Close hash, different product: the vector says no.
+        ("lookalike", "h4", _unit(0, 1), signed(flip(base, 3, 50)), 0),
+        ("far", "h5", v, signed(flip(base, *range(0, 64, 3))), 0),
+    ]
+    pairs = phash_pairs(
+        _embeddings(spark, rows), max_distance=6, max_bucket=100, min_similarity=0.9
+    ).collect()
+    found = {(r.sku_id_a, r.sku_id_b): r for r in pairs}
+    assert set(found) == {("copy", "orig"), ("mirror", "orig"), ("copy", "mirror")}
+    assert all(r.evidence == "phash" for r in pairs)
+    assert found[("copy", "orig")].score == pytest.approx(_cos(rows[0][2], rows[1][2]), abs=1e-5)
+
+
+def test_phash_pairs_skip_a_crowded_band_instead_of_comparing_all_of_it(spark):
+    # 30 blank placeholders with one hash: a bucket of 30 > max_bucket 10 makes no pairs.
+    v = _unit(1)
+    rows = [(f"blank{i:02d}", f"h{i}", v, -1, -1) for i in range(30)]
+    df = _embeddings(spark, rows)
+    assert phash_pairs(df, max_distance=0, max_bucket=10, min_similarity=0.5).count() == 0
+    assert phash_pairs(df, max_distance=0, max_bucket=100, min_similarity=0.5).count() == 435
+
+
+def test_reviews_drop_not_duplicate_pairs_and_keep_confirmed_ones(spark):
+    pairs_df = spark.createDataFrame(
+        [("a", "b", 0.97, "embedding"), ("c", "d", 0.96, "embedding")], PAIRS
+    )
+    reviews_df = spark.createDataFrame(
+        [
+            # Typed either way round; the latest decision counts.
+            ("b", "a", CONFIRMED, "ann", dt.datetime(2026, 1, 1)),
+            ("a", "b", NOT_DUPLICATE, "bob", dt.datetime(2026, 2, 1)),
+            ("e", "f", CONFIRMED, "ann", dt.datetime(2026, 1, 1)),
+            ("c", "d", "maybe", "eve", dt.datetime(2026, 3, 1)),  # not a decision
+        ],
+        "sku_id_a string, sku_id_b string, decision string, reviewer string, "
+        "decided_at timestamp",
+    )
+    decisions_df = latest_decisions(reviews_df)
+    got = sorted(tuple(r) for r in apply_decisions(pairs_df, decisions_df).collect())
+    assert got == [("c", "d", pytest.approx(0.96), "embedding"), ("e", "f", 1.0, "review")]
+
+
+def test_similar_items_leave_out_the_skus_own_duplicates(spark):
+    similar_df = spark.createDataFrame(
+        [
+            ("a", 1, "a-copy", 0.99, "mugs", "m", "r"),
+            ("a", 2, "b", 0.9, "mugs", "m", "r"),
+            ("a", 3, "c", 0.8, "mugs", "m", "r"),
+            ("b", 1, "a", 0.9, "mugs", "m", "r"),
+            ("b", 2, "a-copy", 0.89, "mugs", "m", "r"),
+        ],
+        "sku_id string, rank int, similar_sku_id string, score float, category string, "
+        "model_id string, run_id string",
+    )
+    clusters_df = spark.createDataFrame(
+        [("dup-1", "a"), ("dup-1", "a-copy")], "cluster_id string, sku_id string"
+    )
+    got = sorted(
+        (r.sku_id, r.rank, r.similar_sku_id)
+        for r in without_own_duplicates(similar_df, clusters_df, k=2).collect()
+    )
+    # a's copy is gone and the ranks close up; b keeps both (a and a-copy are not its own).
+    assert got == [("a", 1, "b"), ("a", 2, "c"), ("b", 1, "a"), ("b", 2, "a-copy")]

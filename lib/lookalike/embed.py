@@ -28,6 +28,7 @@ from pyspark.sql import types as T
 from lookalike.backbones import Embedder, load_embedder
 from lookalike.config import EmbedSettings, ModelSettings
 from lookalike.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
+from lookalike.perceptual import phash_with_mirrored
 
 HASH_RESULT = T.StructType(
     [
@@ -42,6 +43,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("content_hash", T.StringType()),
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("phash", T.LongType()),
+        T.StructField("phash_mirrored", T.LongType()),
         T.StructField("reject_reason", T.StringType()),
         T.StructField("reject_detail", T.StringType()),
     ]
@@ -54,6 +57,8 @@ EMBEDDINGS_COLUMNS = (
     "content_hash",
     "model_id",
     "embedding",
+    "phash",
+    "phash_mirrored",
     "embedded_at",
 )
 
@@ -99,11 +104,15 @@ def decode_threads(setting: int, embedder: Embedder) -> int:
     return _GPU_DECODE_THREADS if embedder.device.type == "cuda" else 1
 
 
-def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[str, torch.Tensor]:
-    """(content hash, prepared tensor) of one image; ImageRejected if it cannot be used."""
+def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, torch.Tensor]:
+    """((content hash, pHash, mirrored pHash), prepared tensor) of one image.
+
+    Raises ImageRejected if it cannot be used. The perceptual hashes are taken from the
+    image decoded for the network, so they cost no second read or decode.
+    """
     data = read_bytes(uri, limits)
     image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
-    return content_hash(data), embedder.prepare(image)
+    return (content_hash(data), *phash_with_mirrored(image)), embedder.prepare(image)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -121,7 +130,7 @@ def embed_uris(
     batch before (PIL releases the GIL while decoding): what keeps a GPU busy.
     """
 
-    def load(uri: str) -> tuple[str, torch.Tensor] | ImageRejected:
+    def load(uri: str) -> tuple[tuple, torch.Tensor] | ImageRejected:
         try:
             return _load(uri, embedder, limits)
         except ImageRejected as rejected:
@@ -136,9 +145,11 @@ def embed_uris(
             vectors = iter(embedder.embed_tensors([tensor for _, tensor in good]).numpy())
             for item in batch:
                 if isinstance(item, ImageRejected):
-                    rows.append((None, None, None, item.reason, item.detail))
+                    rows.append((None, None, None, None, None, item.reason, item.detail))
                 else:
-                    rows.append((item[0], embedder.model_id, next(vectors), None, None))
+                    (digest, phash, mirrored), _ = item
+                    vector = next(vectors)
+                    rows.append((digest, embedder.model_id, vector, phash, mirrored, None, None))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -217,6 +228,8 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         F.col("embedded.content_hash").alias("content_hash"),
         F.col("embedded.model_id").alias("model_id"),
         F.col("embedded.embedding").alias("embedding"),
+        F.col("embedded.phash").alias("phash"),
+        F.col("embedded.phash_mirrored").alias("phash_mirrored"),
         F.current_timestamp().alias("embedded_at"),
     )
     return embeddings_df, image_rejects(results_df, "embedded", run_id)
@@ -260,8 +273,8 @@ def reuse_stored_vectors(
         *[c for c in hashed_df.columns if c == "updated_at"],
         F.col("hashed.content_hash").alias("content_hash"),
     )
-    reused_df = stored.select(*keys, "model_id", "embedding", "embedded_at").join(
-        F.broadcast(readable.select(*keys, "category", "is_active")), keys
-    )
+    reused_df = stored.select(
+        *keys, "model_id", "embedding", "phash", "phash_mirrored", "embedded_at"
+    ).join(F.broadcast(readable.select(*keys, "category", "is_active")), keys)
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df

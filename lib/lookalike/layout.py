@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("ingest", "embed", "index", "neighbors", "duplicates", "report", "publish")
+# neighbors after duplicates: a SKU's own duplicate listings are no recommendation.
+STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "report", "publish")
 
 
 @dataclass(frozen=True)

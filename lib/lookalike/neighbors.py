@@ -2,7 +2,9 @@
 
 Every shard is queried where it is opened (one task per shard, files memory-mapped), so the
 catalog's vectors never pass through the driver. Self and inactive SKUs are removed; equal
-scores are ordered by sku_id, so the answer is stable from run to run.
+scores are ordered by sku_id, so the answer is stable from run to run. Members of a SKU's own
+duplicate cluster are no recommendation: the index is asked for enough extra neighbours to
+drop them and still return K.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.window import Window
 
 from lookalike.index import Shard, map_shards
 
@@ -69,4 +73,30 @@ def similar_items(manifest_df: DataFrame, *, k: int, search_k: int, run_id: str)
         manifest_df,
         lambda shard: top_k_for_shard(shard, k=k, search_k=search_k, run_id=run_id),
         SIMILAR_ITEMS_SCHEMA,
+    )
+
+
+def without_own_duplicates(similar_df: DataFrame, clusters_df: DataFrame, k: int) -> DataFrame:
+    """``similar_df`` (ranked, possibly more than k per SKU) minus each SKU's own duplicate
+    listings, re-ranked, at most k per SKU."""
+    membership = clusters_df.select("sku_id", "cluster_id")
+    by_rank = Window.partitionBy("sku_id").orderBy("rank")
+    return (
+        similar_df.join(membership, "sku_id", "left")
+        .join(
+            membership.select(
+                F.col("sku_id").alias("similar_sku_id"),
+                F.col("cluster_id").alias("similar_cluster_id"),
+            ),
+            "similar_sku_id",
+            "left",
+        )
+        .filter(
+            F.col("cluster_id").isNull()
+            | F.col("similar_cluster_id").isNull()
+            | (F.col("cluster_id") != F.col("similar_cluster_id"))
+        )
+        .withColumn("rank", F.row_number().over(by_rank).cast("int"))
+        .filter(F.col("rank") <= k)
+        .select(*SIMILAR_ITEMS_SCHEMA.fieldNames())
     )

@@ -21,6 +21,7 @@ from functools import reduce
 from pathlib import Path
 
 import pyarrow as pa
+from deltalake import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -114,8 +115,13 @@ def _stored_vectors(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
     earlier = [run_id for run_id in earlier if run_id < ctx.run_id]
     if not earlier:
         return None
+    stored_df = spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
+    missing = set(embed.EMBEDDINGS_COLUMNS) - set(stored_df.columns)
+    if missing:
+        log.info("embed: run %s lacks %s; embedding everything", earlier[-1], sorted(missing))
+        return None
     log.info("embed: reusing unchanged vectors of run %s", earlier[-1])
-    return spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
+    return stored_df
 
 
 def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -197,14 +203,21 @@ def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     return {"shards": n_shards, "items": int(n_items or 0)}
 
 
+MAX_EXTRA_NEIGHBOURS = 50
+
+
 def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     manifest_df = _read(spark, ctx.layout.index_manifest, "neighbors")
+    clusters_df = _read(spark, ctx.layout.duplicate_clusters, "neighbors")
+    k = ctx.config.neighbors.k
+    # A SKU's own duplicates take places in its answer that are then dropped: ask for
+    # enough more that K remain (capped: a SKU of a giant cluster may then get fewer).
+    largest = clusters_df.groupBy("cluster_id").count().agg(F.max("count")).first()[0] or 1
+    extra = min(largest - 1, MAX_EXTRA_NEIGHBOURS)
     similar_df = neighbors.similar_items(
-        manifest_df,
-        k=ctx.config.neighbors.k,
-        search_k=ctx.config.index.search_k,
-        run_id=ctx.run_id,
+        manifest_df, k=k + extra, search_k=ctx.config.index.search_k, run_id=ctx.run_id
     )
+    similar_df = neighbors.without_own_duplicates(similar_df, clusters_df, k)
     n_rows = _write(similar_df, ctx.layout.similar_items)
     per_sku = (
         _read(spark, ctx.layout.similar_items, "neighbors")
@@ -223,13 +236,32 @@ def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     }
 
 
+def _reviews(spark: SparkSession, ctx: RunContext) -> DataFrame:
+    """The merchandisers' ``duplicate_reviews`` table (read only: the job never writes it)."""
+    path = ctx.layout.table("duplicate_reviews")
+    if not DeltaTable.is_deltatable(str(path)):
+        return spark.createDataFrame([], duplicates.REVIEWS_SCHEMA)
+    # Through the Delta log, never the folder: it holds superseded files too.
+    files = DeltaTable(str(path)).file_uris()
+    if not files:
+        return spark.createDataFrame([], duplicates.REVIEWS_SCHEMA)
+    return spark.read.parquet(*files)
+
+
 def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     embeddings_df = _read(spark, ctx.layout.embeddings, "duplicates")
     manifest_df = _read(spark, ctx.layout.index_manifest, "duplicates")
     catalog_df = _read(spark, ctx.layout.catalog, "duplicates")
     settings = ctx.config.duplicates
-    pairs_df = duplicates.merge_pairs(
+    decisions_df = duplicates.latest_decisions(_reviews(spark, ctx)).localCheckpoint()
+    evidence_df = duplicates.merge_pairs(
         duplicates.content_hash_pairs(embeddings_df),
+        duplicates.phash_pairs(
+            embeddings_df,
+            max_distance=settings.phash_max_distance,
+            max_bucket=settings.phash_max_bucket,
+            min_similarity=settings.phash_min_similarity,
+        ),
         duplicates.embedding_pairs(
             manifest_df,
             min_similarity=settings.min_similarity,
@@ -237,17 +269,33 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             search_k=ctx.config.index.search_k,
         ),
     )
+    pairs_df = duplicates.apply_decisions(evidence_df, decisions_df)
     n_pairs = _write(pairs_df, ctx.layout.duplicate_pairs)
     pairs_df = _read(spark, ctx.layout.duplicate_pairs, "duplicates")
-    clusters_df = duplicates.duplicate_clusters(pairs_df, catalog_df, run_id=ctx.run_id)
-    n_members = _write(clusters_df, ctx.layout.duplicate_clusters)
-    n_clusters = (
-        _read(spark, ctx.layout.duplicate_clusters, "duplicates")
-        .select("cluster_id")
-        .distinct()
-        .count()
+    clusters_df = duplicates.duplicate_clusters(
+        pairs_df,
+        catalog_df,
+        embeddings_df,
+        run_id=ctx.run_id,
+        chain_min_similarity=settings.chain_min_similarity,
+        decisions_df=decisions_df,
     )
-    return {"pairs": n_pairs, "clusters": n_clusters, "listings_in_clusters": n_members}
+    n_members = _write(clusters_df, ctx.layout.duplicate_clusters)
+    written_df = _read(spark, ctx.layout.duplicate_clusters, "duplicates")
+    by_evidence = {
+        f"pairs_{row.evidence.replace(',', '+')}": row["count"]
+        for row in _read(spark, ctx.layout.duplicate_pairs, "duplicates")
+        .groupBy("evidence")
+        .count()
+        .collect()
+    }
+    return {
+        "pairs": n_pairs,
+        **dict(sorted(by_evidence.items())),
+        "reviews_applied": decisions_df.count(),
+        "clusters": written_df.select("cluster_id").distinct().count(),
+        "listings_in_clusters": n_members,
+    }
 
 
 REPORT_MAX_CLUSTERS = 500
@@ -352,8 +400,8 @@ STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, RunContext], dict[str, int]]]
     "ingest": run_ingest,
     "embed": run_embed,
     "index": run_index,
-    "neighbors": run_neighbors,
     "duplicates": run_duplicates,
+    "neighbors": run_neighbors,
     "report": run_report,
     "publish": run_publish,
 }
