@@ -47,6 +47,8 @@ def _row(
         "image_uri": image_uri,
         "is_active": is_active,
         "evidence": evidence,
+        "score": 1.0 if sku_id == canonical_sku_id else min_score,
+        "phash_distance": 0 if sku_id == canonical_sku_id else 3,
         "min_score": min_score,
         "run_id": RUN_ID,
     }
@@ -212,7 +214,8 @@ def test_thumbnail_is_exif_transposed_jpeg_within_thumb_px(tmp_path: Path) -> No
 
 def test_csv_round_trips_in_page_order(members: pd.DataFrame, tmp_path: Path) -> None:
     paths = write_duplicate_report(members, tmp_path, run_id=RUN_ID)
-    text_columns = [c for c in MEMBER_COLUMNS if c not in ("is_active", "min_score")]
+    numbers = ("is_active", "min_score", "score", "phash_distance")
+    text_columns = [c for c in MEMBER_COLUMNS if c not in numbers]
     back = pd.read_csv(paths.csv, dtype={c: str for c in text_columns}, keep_default_na=False)
     assert list(back.columns) == list(MEMBER_COLUMNS)
     assert len(back) == len(members)

@@ -32,6 +32,8 @@ MEMBER_COLUMNS: tuple[str, ...] = (
     "image_uri",
     "is_active",
     "evidence",
+    "score",
+    "phash_distance",
     "min_score",
     "run_id",
 )
@@ -64,6 +66,9 @@ class _MemberView:
     is_active: bool
     is_canonical: bool
     thumb: _Thumb | None
+    # How close to the canonical listing: cosine (1.0 for the same bytes), pHash bits apart.
+    score: float | None
+    phash_distance: int | None
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,8 @@ def _cluster_view(
                 is_active=bool(row.is_active) if not pd.isna(row.is_active) else False,
                 is_canonical=row.sku_id == row.canonical_sku_id,
                 thumb=thumbs.get(row.image_uri) if isinstance(row.image_uri, str) else None,
+                score=None if pd.isna(row.score) else float(row.score),
+                phash_distance=None if pd.isna(row.phash_distance) else int(row.phash_distance),
             )
             for row in rows.itertuples(index=False)
         ],

@@ -1,0 +1,87 @@
+"""The duplicate report in a real headless Chromium: it loads cleanly and shows the clusters.
+
+The page is written by the report module from real images; Chromium (the system's, driven
+over the DevTools protocol) loads it, and the test reads what a merchandiser would see.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from browser import CHROMIUM, file_url, open_page
+from lookalike.report import write_duplicate_report
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
+    ),
+]
+
+HOSTILE = '<script>alert(1)</script><img src=x onerror="console.error(1)">'
+
+
+def _photo(path: Path, colour: tuple[int, int, int]) -> str:
+    Image.new("RGB", (120, 90), colour).save(path, format="JPEG")
+    return str(path)
+
+
+def _member(cluster, sku, canonical, uri, score, title="a mug"):
+    return {
+        "cluster_id": cluster,
+        "sku_id": sku,
+        "canonical_sku_id": canonical,
+        "category": "mugs",
+        "title": title,
+        "image_uri": uri,
+        "is_active": True,
+        "evidence": "content_hash,phash" if score == 1.0 else "embedding",
+        "score": 1.0 if sku == canonical else score,
+        "phash_distance": 0 if sku == canonical else 4,
+        "min_score": score,
+        "run_id": "2026-11-23",
+    }
+
+
+def test_report_loads_without_console_errors_and_shows_the_clusters(tmp_path):
+    red = _photo(tmp_path / "red.jpg", (200, 30, 30))
+    blue = _photo(tmp_path / "blue.jpg", (30, 30, 200))
+    members = pd.DataFrame(
+        [
+            _member("dup-low", "s-3", "s-3", blue, 0.93),
+            _member("dup-low", "s-4", "s-3", blue, 0.93, title=HOSTILE),
+            _member("dup-exact", "s-1", "s-1", red, 1.0),
+            _member("dup-exact", "s-2", "s-1", red, 1.0),
+        ]
+    )
+    paths = write_duplicate_report(members, tmp_path / "report", run_id="2026-11-23")
+    page = open_page(
+        file_url(paths.html),
+        selectors=(".cluster .id", ".member .sku", ".member .title", "script", ".badge.canonical"),
+    )
+    assert page.errors == []
+    # Most confident first; every listing with its id; the seller's markup shown as text.
+    assert page.texts[".cluster .id"] == ["dup-exact", "dup-low"]
+    assert page.texts[".member .sku"] == ["s-1", "s-2", "s-3", "s-4"]
+    assert HOSTILE in page.texts[".member .title"]
+    assert page.texts["script"] == []
+    assert len(page.texts[".badge.canonical"]) == 2
+    shot = Image.open(io.BytesIO(page.screenshot))
+    assert shot.format == "PNG" and shot.width >= 1000
+    (tmp_path / "report" / "screenshot.png").write_bytes(page.screenshot)
+
+
+def test_the_console_check_catches_a_broken_page(tmp_path):
+    # The assertion above must be able to fail: a page with a missing image and a script error.
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        '<html><body><img src="missing.png"><script>console.error("boom")</script></body></html>'
+    )
+    errors = open_page(file_url(broken)).errors
+    assert any("boom" in e for e in errors)
+    assert any("missing.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors)
