@@ -105,6 +105,22 @@ def test_planted_exact_duplicates_share_a_cluster_with_their_original(night, dem
         assert members["canonical_sku_id"].iloc[0] in set(members["sku_id"])
 
 
+def test_every_planted_near_duplicate_is_found_and_nothing_else(night, demo):
+    _, output, _ = night
+    clusters = _table(output, "duplicate_clusters").set_index("sku_id")
+    planted = _read_csv(demo.planted_duplicates)
+    assert {p["transform"] for p in planted} >= {"exact", "mirrored", "watermarked", "cropped"}
+    for pair in planted:
+        assert pair["sku_id"] in clusters.index, pair
+        copy, original = clusters.loc[pair["sku_id"]], clusters.loc[pair["original_sku_id"]]
+        assert copy["cluster_id"] == original["cluster_id"], pair
+    # Precision: every cluster is one original with its planted copies, no other product.
+    originals = {p["sku_id"]: p["original_sku_id"] for p in planted}
+    for cluster_id, members in clusters.reset_index().groupby("cluster_id"):
+        roots = {originals.get(s, s) for s in members["sku_id"]}
+        assert len(roots) == 1, (cluster_id, sorted(members["sku_id"]))
+
+
 def test_every_bad_row_is_a_reject_with_its_reason(night, demo):
     ctx, output, _ = night
     rejects = _table(output, "rejects")
