@@ -199,6 +199,20 @@ def test_hamming_on_signed_values():
         assert hamming(int(a), int(b)) == expected
 
 
+def test_numpy_integers_from_a_column_work_everywhere():
+    # What a Parquet or pandas column hands back: np.int64, and the arithmetic must not
+    # overflow in NumPy.
+    hashes = [phash(_synthetic(seed)) for seed in range(4)] + [INT64_MIN, INT64_MAX, -1]
+    column = np.array(hashes, dtype=np.int64)
+    for a, b in itertools.product(range(len(hashes)), repeat=2):
+        assert hamming(column[a], column[b]) == hamming(hashes[a], hashes[b])
+    for value, expected in zip(column, hashes, strict=True):
+        assert band_keys(value) == band_keys(expected)
+        assert as_uint64(value) == as_uint64(expected)
+        assert as_int64(value) == expected
+    assert as_int64(np.uint64(2**64 - 1)) == -1
+
+
 @pytest.mark.parametrize("bands", [1, 2, 3, 4, 5, 8, 16, 64])
 def test_band_keys_pigeonhole(bands):
     rng = random.Random(bands)

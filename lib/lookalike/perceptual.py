@@ -147,24 +147,29 @@ def dhash(image: Image.Image) -> int:
     return _pack(pixels[:, 1:] > pixels[:, :-1])
 
 
-def as_int64(value: int) -> int:
+def as_int64(value: int | np.integer) -> int:
     """A 64-bit hash as a signed int64 (what Spark's LongType holds); unsigned input too."""
+    value = int(value)  # a NumPy or pandas integer would overflow in the arithmetic below
     if not -_SIGN <= value <= _MASK:
         raise ValueError(f"{value} does not fit in 64 bits")
     value &= _MASK
     return value - (1 << HASH_BITS) if value & _SIGN else value
 
 
-def as_uint64(value: int) -> int:
+def as_uint64(value: int | np.integer) -> int:
     """A 64-bit hash as an unsigned integer, for hex strings (``f"{as_uint64(h):016x}"``)."""
+    value = int(value)
     if not -_SIGN <= value <= _MASK:
         raise ValueError(f"{value} does not fit in 64 bits")
     return value & _MASK
 
 
-def hamming(a: int, b: int) -> int:
-    """The number of differing bits of two 64-bit hashes, signed or unsigned alike."""
-    return ((a ^ b) & _MASK).bit_count()
+def hamming(a: int | np.integer, b: int | np.integer) -> int:
+    """The number of differing bits of two 64-bit hashes, signed or unsigned alike.
+
+    Also takes NumPy integers (values read from a Parquet or pandas column).
+    """
+    return ((int(a) ^ int(b)) & _MASK).bit_count()
 
 
 def _band_widths(bands: int) -> list[int]:
@@ -175,7 +180,7 @@ def _band_widths(bands: int) -> list[int]:
     return [base + 1 if i < extra else base for i in range(bands)]
 
 
-def band_keys(h: int, bands: int = 4) -> list[int]:
+def band_keys(h: int | np.integer, bands: int = 4) -> list[int]:
     """One int64 key per band of ``h``'s bits: hashes less than ``bands`` bits apart share one.
 
     The 64 bits are cut into ``bands`` contiguous bands; ``d`` differing bits touch at most
