@@ -1,7 +1,8 @@
 """Command line: the whole night (`lookalike nightly`) or one stage (`lookalike embed`).
 
 The spark-submit entry points in ``jobs/`` call ``stage_main`` with their stage's name.
-Exit codes: 0 done, 1 a stage failed, 2 bad configuration or arguments.
+Exit codes: 0 done, 1 a stage failed, 2 bad configuration or arguments, 3 a quality gate
+failed (nothing was published).
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     review.add_argument("--reviewer", help="who decided (kept with the decision)")
     review.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     review.add_argument("--output", help="output root folder; overrides output.root")
+    rollback = commands.add_parser(
+        "rollback", help="restore published tables to what an earlier run (or version) held"
+    )
+    target = rollback.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-run", help="run id (date) whose published versions to restore")
+    target.add_argument("--to-version", type=int, help="a version of --table to restore")
+    rollback.add_argument("--table", help="one table (default: every table a run replaces)")
+    rollback.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
+    rollback.add_argument("--output", help="output root folder; overrides output.root")
+    similar = commands.add_parser("similar", help="print a SKU's published similar items")
+    similar.add_argument("sku_id")
+    similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
+    similar.add_argument("--output", help="output root folder; overrides output.root")
     return parser
 
 
@@ -106,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recorded: {args.sku_id_a} / {args.sku_id_b} {args.decision} in {table}")
         return 0
 
+    if args.command == "rollback":
+        return _rollback(args, config)
+    if args.command == "similar":
+        return _similar(args, config)
+
     from lookalike.pipeline import RunContext, run_nightly, run_stage
+    from lookalike.quality import GateFailed
     from lookalike.session import build_session
 
     ctx = RunContext(config, args.run_date)
@@ -117,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             results = run_nightly(spark, ctx)
         else:
             results = [run_stage(args.command, spark, ctx)]
+    except GateFailed as err:
+        log.error("run %s: %s", ctx.run_id, err)
+        print(f"lookalike: run {ctx.run_id}: {err}", file=sys.stderr)
+        return 3
     except Exception as err:  # the scheduler pages on the exit code; the log has the trace
         log.exception("run %s failed", ctx.run_id)
         print(f"lookalike: run {ctx.run_id} failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -124,6 +148,51 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         spark.stop()
     print(format_summary(ctx, results, time.perf_counter() - started))
+    return 0
+
+
+def _rollback(args: argparse.Namespace, config: Config) -> int:
+    from lookalike.rollback import RESTORABLE, RollbackError, restore_table, rollback_to_run
+
+    tables_dir = RunLayout(config.output_root, run_id="").tables
+    try:
+        if args.to_version is not None:
+            if not args.table:
+                raise RollbackError("--to-version needs --table")
+            restored = {args.table: restore_table(tables_dir / args.table, args.to_version)}
+        else:
+            names = (args.table,) if args.table else RESTORABLE
+            restored = rollback_to_run(tables_dir, args.to_run, names)
+    except RollbackError as err:
+        print(f"lookalike: rollback: {err}", file=sys.stderr)
+        return 2
+    for name, version in restored.items():
+        print(f"restored {name}: now version {version}")
+    return 0
+
+
+def _similar(args: argparse.Namespace, config: Config) -> int:
+    """The storefront's read path, from the published Delta table (no Spark, no JVM)."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    path = RunLayout(config.output_root, run_id="").table("similar_items")
+    if not DeltaTable.is_deltatable(str(path)):
+        print(f"lookalike: no published similar_items at {path}", file=sys.stderr)
+        return 1
+    rows = (
+        DeltaTable(str(path))
+        .to_pyarrow_dataset()
+        .to_table(filter=pc.field("sku_id") == args.sku_id)
+        .sort_by("rank")
+        .to_pylist()
+    )
+    if not rows:
+        print(f"lookalike: {args.sku_id} has no similar items (unknown, inactive or rejected)")
+        return 1
+    print(f"similar items of {args.sku_id} (run {rows[0]['run_id']}, {rows[0]['model_id']}):")
+    for row in rows:
+        print(f"  {row['rank']:>3}  {row['similar_sku_id']:<20} {row['score']:.3f}")
     return 0
 
 

@@ -124,6 +124,23 @@ class DuplicatesSettings(_Section):
     chain_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
+class GateSettings(_Section):
+    """Quality gates checked before publishing (lookalike.quality); any failure publishes
+    nothing and exits with code 3."""
+
+    enabled: bool = True
+    # Active embedded SKUs that get all K similar items.
+    min_full_topk_share: float = Field(default=0.95, ge=0.0, le=1.0)
+    # Rejected rows (ingest + embed) / rows read.
+    max_reject_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    # Spread (std) of each SKU's best score: constant vectors give 0.
+    min_top1_score_spread: float = Field(default=0.005, ge=0.0)
+    # Median best score against the previous published run.
+    max_top1_score_shift: float = Field(default=0.1, ge=0.0)
+    # Mean share of a SKU's similar items new since the previous published run.
+    max_topk_churn: float = Field(default=0.8, ge=0.0, le=1.0)
+
+
 class Config(_Section):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
@@ -133,6 +150,7 @@ class Config(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
     duplicates: DuplicatesSettings = Field(default_factory=DuplicatesSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
     # The folder relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 

@@ -26,7 +26,17 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike import backbones, catalog, duplicates, embed, index, neighbors, report, tables
+from lookalike import (
+    backbones,
+    catalog,
+    duplicates,
+    embed,
+    index,
+    neighbors,
+    quality,
+    report,
+    tables,
+)
 from lookalike.config import Config, ConfigError
 from lookalike.images import ImageLimits
 from lookalike.layout import STAGES, RunLayout
@@ -347,18 +357,58 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         for folder in folders:
             if not folder.exists():
                 raise FileNotFoundError(f"{folder} does not exist: run its stage before publish")
+    gate_results = _check_gates(spark, ctx)
     counts: dict[str, int] = {}
+    versions: dict[str, int] = {}
     for name, (folders, per_run) in sources.items():
         replace_where = f"run_id = '{ctx.run_id}'" if per_run else None
         reader = tables.parquet_reader(folders)
-        version = tables.write_table(layout.table(name), reader, replace_where=replace_where)
+        versions[name] = tables.write_table(layout.table(name), reader, replace_where=replace_where)
         counts[name] = tables.count_rows(layout.table(name), ctx.run_id if per_run else None)
-        log.info("published %s: version %d, %d rows", name, version, counts[name])
-    _write_runs_record(ctx, counts)
+        log.info("published %s: version %d, %d rows", name, versions[name], counts[name])
+    _write_runs_record(ctx, counts, status="published", gates=gate_results, versions=versions)
     return counts
 
 
-def _write_runs_record(ctx: RunContext, published: dict[str, int]) -> None:
+def _check_gates(spark: SparkSession, ctx: RunContext) -> list[quality.GateResult]:
+    """Measure every gate; on a failure record the run as gate_failed and raise GateFailed."""
+    settings = ctx.config.gates
+    if not settings.enabled:
+        return []
+    stats = read_stats(ctx.layout)
+    counts = {stage: result["counts"] for stage, result in stats.items()}
+    results = quality.evaluate_gates(
+        settings,
+        k=ctx.config.neighbors.k,
+        similar_df=_read(spark, ctx.layout.similar_items, "publish"),
+        embeddings_df=_read(spark, ctx.layout.embeddings, "publish"),
+        previous_df=quality.published_similar_items(spark, ctx.layout.table("similar_items")),
+        rows_read=counts.get("ingest", {}).get("rows_read", 0),
+        rows_rejected=counts.get("ingest", {}).get("rejected", 0)
+        + counts.get("embed", {}).get("rejected", 0),
+    )
+    for result in results:
+        log.info(
+            "gate %s: %.4g (%s) %s",
+            result.gate,
+            result.value,
+            result.limit_text,
+            "passed" if result.passed else "FAILED",
+        )
+    if not all(r.passed for r in results):
+        _write_runs_record(ctx, {}, status="gate_failed", gates=results, versions={})
+        raise quality.GateFailed(results)
+    return results
+
+
+def _write_runs_record(
+    ctx: RunContext,
+    published: dict[str, int],
+    *,
+    status: str,
+    gates: list[quality.GateResult],
+    versions: dict[str, int],
+) -> None:
     stats = read_stats(ctx.layout)
     # One row per shard: the model ids without reading every vector back to the driver.
     model_ids = (
@@ -368,7 +418,7 @@ def _write_runs_record(ctx: RunContext, published: dict[str, int]) -> None:
         "run_id": ctx.run_id,
         "run_date": ctx.run_date,
         "model_id": ",".join(sorted(model_ids.to_pylist())),
-        "status": "published",
+        "status": status,
         "finished_at": datetime.now(UTC),
         "counts": json.dumps(
             {stage: result["counts"] for stage, result in stats.items()} | {"published": published},
@@ -378,7 +428,9 @@ def _write_runs_record(ctx: RunContext, published: dict[str, int]) -> None:
             {stage: round(result["seconds"], 3) for stage, result in stats.items()},
             sort_keys=True,
         ),
-        "gate_results": json.dumps({}),
+        "gate_results": quality.results_json(gates),
+        # The version each table was published at: what `lookalike rollback --to-run` restores.
+        "table_versions": json.dumps(versions, sort_keys=True),
     }
     schema = pa.schema(
         [
@@ -390,6 +442,7 @@ def _write_runs_record(ctx: RunContext, published: dict[str, int]) -> None:
             ("counts", pa.string()),
             ("stage_seconds", pa.string()),
             ("gate_results", pa.string()),
+            ("table_versions", pa.string()),
         ]
     )
     runs = pa.Table.from_pylist([record], schema=schema)

@@ -36,7 +36,10 @@ def write_table(
     that run's rows instead of appending them a second time.
     """
     if replace_where is not None and DeltaTable.is_deltatable(str(path)):
-        write_deltalake(str(path), data, mode="overwrite", predicate=replace_where)
+        # merge: a column added by a newer version of the job joins the table's schema.
+        write_deltalake(
+            str(path), data, mode="overwrite", predicate=replace_where, schema_mode="merge"
+        )
     elif replace_where is not None:
         write_deltalake(str(path), data, mode="append")
     else:

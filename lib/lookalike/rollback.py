@@ -1,0 +1,68 @@
+"""Rollback: put published tables back to an earlier version, as a new Delta commit.
+
+The storefront reads the current version of each table; restoring writes a new version whose
+contents equal the chosen earlier one (history is kept, so a rollback can itself be undone).
+
+    lookalike rollback --to-run 2026-11-22                 # every table as that run published it
+    lookalike rollback --table similar_items --to-version 7
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+log = logging.getLogger(__name__)
+
+# Tables a run replaces whole; the per-run tables (rejects, index_manifest, runs) keep every
+# run's rows and are not rolled back.
+RESTORABLE = ("catalog", "embeddings", "similar_items", "duplicate_clusters")
+
+
+class RollbackError(ValueError):
+    """The requested version or run cannot be restored; the message says why."""
+
+
+def restore_table(path: Path, version: int) -> int:
+    """Restore one table to ``version``; returns the new (current) version."""
+    if not DeltaTable.is_deltatable(str(path)):
+        raise RollbackError(f"{path} is not a Delta table")
+    table = DeltaTable(str(path))
+    current = table.version()
+    if not 0 <= version <= current:
+        raise RollbackError(f"{path.name}: no version {version} (versions 0..{current})")
+    table.restore(version)
+    new = DeltaTable(str(path)).version()
+    log.info("restored %s to version %d (now version %d)", path.name, version, new)
+    return new
+
+
+def versions_of_run(tables_dir: Path, run_id: str) -> dict[str, int]:
+    """The version each table was published at by ``run_id`` (from the runs record)."""
+    runs_path = tables_dir / "runs"
+    if not DeltaTable.is_deltatable(str(runs_path)):
+        raise RollbackError(f"no runs table at {runs_path}: nothing was published yet")
+    runs = DeltaTable(str(runs_path)).to_pyarrow_table()
+    rows = runs.filter(pc.equal(runs["run_id"], run_id)).to_pylist()
+    if not rows:
+        known = ", ".join(sorted(runs["run_id"].to_pylist())[-5:])
+        raise RollbackError(f"no run {run_id} in the runs record (latest: {known})")
+    row = rows[0]
+    if row["status"] != "published" or not row.get("table_versions"):
+        raise RollbackError(f"run {run_id} did not publish (status {row['status']})")
+    return json.loads(row["table_versions"])
+
+
+def rollback_to_run(
+    tables_dir: Path, run_id: str, names: tuple[str, ...] = RESTORABLE
+) -> dict[str, int]:
+    """Restore ``names`` to the versions ``run_id`` published; returns their new versions."""
+    versions = versions_of_run(tables_dir, run_id)
+    missing = [n for n in names if n not in versions]
+    if missing:
+        raise RollbackError(f"run {run_id} did not publish {missing}")
+    return {name: restore_table(tables_dir / name, versions[name]) for name in names}
