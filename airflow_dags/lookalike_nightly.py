@@ -28,14 +28,22 @@ Deploying
    ``LOOKALIKE_CONF``  the job config; default ``<LOOKALIKE_HOME>/conf/default.yaml``; a relative
                        path is taken relative to ``LOOKALIKE_HOME``.
    ``LOOKALIKE_SPARK_CONN_ID``  the Spark connection; default ``spark_default``.
-4. The connection gives the master and deploy mode, for instance as an environment variable:
+4. A pool for the embedding stage, so that one embedding run at a time has the GPUs:
+   ``airflow pools set lookalike_gpu 1 "GPU executors of the lookalike embed stage"``
+   (``LOOKALIKE_GPU_POOL`` names another). Tasks retry with exponential back-off (5 min
+   doubling, at most 1 h); a failed task's callback logs the run's ``runs`` record (status,
+   failing quality gate with its measured value) through ``lookalike run-record``.
+5. The connection gives the master and deploy mode, for instance as an environment variable:
    ``AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'`` for a single
    machine, or ``'{"conn_type": "spark", "host": "yarn", "extra": {"deploy-mode": "cluster"}}'``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,13 +55,49 @@ from airflow.sdk import DAG
 LOOKALIKE_HOME = Path(os.environ.get("LOOKALIKE_HOME") or Path(__file__).resolve().parents[1])
 LOOKALIKE_CONF = LOOKALIKE_HOME / (os.environ.get("LOOKALIKE_CONF") or "conf/default.yaml")
 SPARK_CONN_ID = os.environ.get("LOOKALIKE_SPARK_CONN_ID") or "spark_default"
+GPU_POOL = os.environ.get("LOOKALIKE_GPU_POOL") or "lookalike_gpu"
+
+log = logging.getLogger(__name__)
+
+
+def log_runs_record(context) -> None:
+    """On a task's failure: log what the job recorded for the run (status, failing gates).
+
+    Runs the project's own ``lookalike`` (first on the worker's PATH, like spark-submit): the
+    runs table is a Delta table the Airflow venv has no reader for.
+    """
+    run_date = context["ds"]
+    task = context["task_instance"].task_id
+    command = shutil.which("lookalike")
+    if command is None:
+        log.error(
+            "lookalike %s failed for %s; no `lookalike` on PATH to show its record", task, run_date
+        )
+        return
+    shown = subprocess.run(
+        [command, "run-record", run_date, "--conf", str(LOOKALIKE_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log.error(
+        "lookalike %s failed for %s; runs record:\n%s%s",
+        task,
+        run_date,
+        shown.stdout,
+        shown.stderr,
+    )
+
 
 STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "report", "publish")
 
 default_args = {
     "owner": "lookalike",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=10),
+    "retries": 3,
+    "retry_delay": timedelta(minutes=5),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(hours=1),
+    "on_failure_callback": log_runs_record,
 }
 
 with DAG(
@@ -74,6 +118,8 @@ with DAG(
             conn_id=SPARK_CONN_ID,
             application=str(LOOKALIKE_HOME / "jobs" / f"{stage}.py"),
             application_args=["--conf", str(LOOKALIKE_CONF), "--run-date", "{{ ds }}"],
+            # One embedding stage at a time on the GPUs; the other stages use the default pool.
+            **({"pool": GPU_POOL} if stage == "embed" else {}),
         )
         for stage in STAGES
     }

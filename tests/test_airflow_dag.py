@@ -49,6 +49,14 @@ import json, os, sys
 from airflow.models import DagBag
 
 dag_folder, out_path, scenarios, run_date = sys.argv[1:5]
+
+
+def callbacks(task):
+    found = task.on_failure_callback or []
+    found = found if isinstance(found, list) else [found]
+    return [getattr(cb, "__name__", repr(cb)) for cb in found]
+
+
 base_env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
 result = {}
 for name, overrides in json.loads(scenarios).items():
@@ -71,6 +79,11 @@ for name, overrides in json.loads(scenarios).items():
                         getattr(task, "application_args", None), {"ds": run_date}
                     ),
                     "conn_id": getattr(task, "_conn_id", None),
+                    "pool": task.pool,
+                    "retries": task.retries,
+                    "retry_exponential_backoff": bool(task.retry_exponential_backoff),
+                    "max_retry_delay": str(task.max_retry_delay),
+                    "on_failure_callback": callbacks(task),
                 }
                 for task in dag.tasks
             },
@@ -172,3 +185,17 @@ def test_environment_chooses_home_conf_and_connection(
         assert task["application"] == f"/srv/lookalike/jobs/{stage}.py"
         assert task["application_args"] == ["--conf", conf, "--run-date", "{{ ds }}"]
         assert task["conn_id"] == conn_id
+
+
+def test_retries_back_off_and_failures_log_the_runs_record(parsed: dict) -> None:
+    for stage, task in _dag(parsed)["tasks"].items():
+        assert task["retries"] == 3, stage
+        assert task["retry_exponential_backoff"] is True, stage
+        assert task["max_retry_delay"] == "1:00:00", stage
+        assert task["on_failure_callback"] == ["log_runs_record"], stage
+
+
+def test_only_the_embedding_stage_takes_the_gpu_pool(parsed: dict) -> None:
+    pools = {stage: task["pool"] for stage, task in _dag(parsed)["tasks"].items()}
+    assert pools.pop("embed") == "lookalike_gpu"
+    assert set(pools.values()) == {"default_pool"}

@@ -100,6 +100,12 @@ def test_rollback_refuses_unknown_or_unpublished_runs(published: Path, capsys):
     assert "no version 9" in capsys.readouterr().err
 
 
+def test_run_record_command_shows_a_runs_status(published: Path, capsys):
+    assert main(["run-record", "C", "--output", str(published)]) == 0
+    assert '"status": "gate_failed"' in capsys.readouterr().out
+    assert main(["run-record", "D", "--output", str(published)]) == 1
+
+
 def test_similar_command_prints_a_skus_published_neighbours(published: Path, capsys):
     assert main(["similar", "s2", "--output", str(published)]) == 0
     out = capsys.readouterr().out

@@ -66,6 +66,10 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     rollback.add_argument("--table", help="one table (default: every table a run replaces)")
     rollback.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     rollback.add_argument("--output", help="output root folder; overrides output.root")
+    record = commands.add_parser("run-record", help="print a run's record (status, gates, counts)")
+    record.add_argument("run_id")
+    record.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
+    record.add_argument("--output", help="output root folder; overrides output.root")
     similar = commands.add_parser("similar", help="print a SKU's published similar items")
     similar.add_argument("sku_id")
     similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return _rollback(args, config)
     if args.command == "similar":
         return _similar(args, config)
+    if args.command == "run-record":
+        return _run_record(args, config)
 
     from lookalike.pipeline import RunContext, run_nightly, run_stage
     from lookalike.quality import GateFailed
@@ -168,6 +174,30 @@ def _rollback(args: argparse.Namespace, config: Config) -> int:
         return 2
     for name, version in restored.items():
         print(f"restored {name}: now version {version}")
+    return 0
+
+
+def _run_record(args: argparse.Namespace, config: Config) -> int:
+    """The ``runs`` row of one run, as JSON (what the Airflow failure callback logs)."""
+    import json
+
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    path = RunLayout(config.output_root, run_id="").table("runs")
+    if not DeltaTable.is_deltatable(str(path)):
+        print(f"lookalike: no runs table at {path}", file=sys.stderr)
+        return 1
+    runs = DeltaTable(str(path)).to_pyarrow_table()
+    rows = runs.filter(pc.equal(runs["run_id"], args.run_id)).to_pylist()
+    if not rows:
+        print(f"lookalike: no record of run {args.run_id} (it failed before publish?)")
+        return 1
+    record = rows[0]
+    for key in ("counts", "stage_seconds", "gate_results", "table_versions"):
+        if isinstance(record.get(key), str):
+            record[key] = json.loads(record[key])
+    print(json.dumps(record, indent=2, sort_keys=True, default=str))
     return 0
 
 
