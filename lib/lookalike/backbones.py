@@ -356,9 +356,11 @@ class Embedder:
         return self.spec.model_id
 
     @property
-    def draft_size(self) -> int | None:
-        """Decode JPEGs at a reduced scale down to this size (none when trimming borders)."""
-        return None if self.spec.preprocessing.trim_borders else self.spec.preprocessing.resize
+    def draft_size(self) -> int:
+        """Decode JPEGs at a reduced scale down to this size: the resize, or twice it when
+        borders are trimmed first (the product must keep enough pixels once they are gone)."""
+        resize = self.spec.preprocessing.resize
+        return 2 * resize if self.spec.preprocessing.trim_borders else resize
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded RGB image to the network's normalised input tensor (C, H, W)."""
