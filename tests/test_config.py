@@ -235,3 +235,10 @@ def test_cli_invalid_run_date_is_an_argument_error(capsys):
         main(["nightly", "--conf", str(DEFAULT_YAML), "--run-date", "2026-13-45"])
     assert excinfo.value.code == 2
     assert "2026-13-45" in capsys.readouterr().err
+
+
+def test_cluster_example_is_a_valid_configuration():
+    config = load_config(REPO / "conf" / "cluster.example.yaml")
+    assert config.spark.conf["spark.task.resource.gpu.amount"] == "0.25"
+    assert config.model.device == "auto"
+    assert config.catalog.image_roots == ["s3://<bucket>/product-images"]

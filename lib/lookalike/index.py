@@ -23,6 +23,7 @@ from annoy import AnnoyIndex
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from lookalike import faults
 from lookalike.config import IndexSettings
 from lookalike.files import file_sha256
 
@@ -79,6 +80,7 @@ def build_shard(
     ids_path = index_dir / f"{shard_id}.ids.parquet"
     # Written beside, then renamed: a reader never maps a half-written file.
     index.save(str(ann_path) + ".partial")
+    faults.point("index.shard_saved")
     index.unload()
     os.replace(str(ann_path) + ".partial", ann_path)
     ids = pa.table(

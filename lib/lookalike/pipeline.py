@@ -31,6 +31,7 @@ from lookalike import (
     catalog,
     duplicates,
     embed,
+    faults,
     index,
     neighbors,
     quality,
@@ -361,11 +362,19 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     counts: dict[str, int] = {}
     versions: dict[str, int] = {}
     for name, (folders, per_run) in sources.items():
-        replace_where = f"run_id = '{ctx.run_id}'" if per_run else None
-        reader = tables.parquet_reader(folders)
-        versions[name] = tables.write_table(layout.table(name), reader, replace_where=replace_where)
+        if per_run:
+            # Small tables keeping every run's rows: this run's rows replaced in one commit.
+            versions[name] = tables.write_table(
+                layout.table(name),
+                tables.parquet_reader(folders),
+                replace_where=f"run_id = '{ctx.run_id}'",
+            )
+        else:
+            # The run's files, staged inside the table and added by one atomic commit.
+            versions[name] = tables.publish_files(layout.table(name), folders)
         counts[name] = tables.count_rows(layout.table(name), ctx.run_id if per_run else None)
         log.info("published %s: version %d, %d rows", name, versions[name], counts[name])
+        faults.point(f"publish.after.{name}")
     _write_runs_record(ctx, counts, status="published", gates=gate_results, versions=versions)
     return counts
 

@@ -1,17 +1,37 @@
 """Delta tables, written with delta-rs (no JVM, no Delta JARs needed), one commit per write.
 
-A stage's Parquet output is streamed batch by batch into the table's commit, so the driver
-holds one record batch at a time, not the table.
+Two ways in:
+- ``publish_files``: a stage's Parquet files are linked (or copied) into a staging folder
+  inside the table, then one atomic commit replaces the table's contents with them. No row
+  passes through the driver, whatever the table's size; a process killed before the commit
+  leaves the table at its previous version and a staging folder that the next publish
+  deletes (``clean_stale_staging``).
+- ``write_table``: data streamed batch by batch into a commit (the driver holds one record
+  batch at a time), for the small per-run tables and a table's first version.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
+from deltalake.transaction import AddAction
+
+from lookalike import faults
+
+log = logging.getLogger(__name__)
+
+STAGING = "_staging"
 
 
 def parquet_reader(folders: str | Path | Sequence[str | Path]) -> pa.RecordBatchReader:
@@ -57,3 +77,71 @@ def count_rows(path: Path, run_id: str | None = None) -> int:
     if run_id is None:
         return dataset.count_rows()
     return dataset.count_rows(filter=ds.field("run_id") == run_id)
+
+
+def _parquet_files(folders: Sequence[Path]) -> list[Path]:
+    return sorted(
+        f for folder in folders for f in Path(folder).glob("*.parquet") if f.stat().st_size
+    )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs nothing when the run folder and the table share a filesystem.
+    try:
+        os.link(source, target)
+    except OSError:
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+
+
+def publish_files(table: Path, folders: Sequence[Path]) -> int:
+    """Replace the table's contents with the Parquet files of ``folders``, in one commit.
+
+    Returns the new version. The files are staged under ``<table>/_staging/<token>/`` and
+    added by a single Delta transaction: readers see the previous version until the commit,
+    then the new one, never a mix.
+    """
+    if not DeltaTable.is_deltatable(str(table)):
+        return write_table(table, parquet_reader(folders))
+    clean_stale_staging(table)
+    files = _parquet_files(folders)
+    schema = parquet_reader(folders).schema
+    token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    staging = table / STAGING / token
+    staging.mkdir(parents=True)
+    actions = []
+    for i, source in enumerate(files):
+        target = staging / f"part-{i:05d}.parquet"
+        _link_or_copy(source, target)
+        actions.append(
+            AddAction(
+                path=f"{STAGING}/{token}/{target.name}",
+                size=target.stat().st_size,
+                partition_values={},
+                modification_time=int(target.stat().st_mtime * 1000),
+                data_change=True,
+                stats=json.dumps({"numRecords": pq.read_metadata(target).num_rows}),
+            )
+        )
+    faults.point("publish.staged")
+    DeltaTable(str(table)).create_write_transaction(actions, mode="overwrite", schema=schema)
+    return DeltaTable(str(table)).version()
+
+
+def clean_stale_staging(table: Path) -> list[str]:
+    """Delete staging folders no commit refers to (left by a process killed mid-publish)."""
+    staging = table / STAGING
+    if not staging.is_dir():
+        return []
+    log_text = "".join(
+        p.read_text(errors="replace") for p in sorted((table / "_delta_log").glob("*.json"))
+    )
+    removed = []
+    for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
+        if f"{STAGING}/{folder.name}/" not in log_text:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.info("%s: removed stale staging folders %s", table.name, removed)
+    return removed
