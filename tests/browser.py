@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -90,12 +92,14 @@ def open_page(url: str, selectors: tuple[str, ...] = (), settle_s: float = 0.5) 
     """Load ``url`` in a fresh headless Chromium; errors, texts per selector, screenshot."""
     if CHROMIUM is None:
         raise RuntimeError("no chromium on PATH")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helpers may still be writing the profile as they die: cleanup is best effort.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own group: the renderer and GPU processes die with it
         )
         try:
             port = _devtools_port(process)
@@ -126,7 +130,7 @@ def open_page(url: str, selectors: tuple[str, ...] = (), settle_s: float = 0.5) 
             finally:
                 tools.close()
         finally:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
 

@@ -81,7 +81,7 @@ def test_model_id_fingerprints_backbone_weights_and_preprocessing():
             ModelSettings(),
             ModelSettings(weights="IMAGENET1K_V2"),
             ModelSettings(image_size=192),
-            ModelSettings(trim_borders=False),
+            ModelSettings(trim_borders=True),
             ModelSettings(backbone="resnet50"),
             ModelSettings(**RANDOM),
         )

@@ -7,6 +7,8 @@ checkpoint makes every vector the same (what a broken model looks like).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -140,8 +142,12 @@ def test_a_model_returning_constant_vectors_fails_a_gate_and_publishes_nothing(
         f"output:\n  root: {tmp_path / 'out'}\nmodel:\n  checkpoint: {checkpoint}\n"
         f"neighbors:\n  k: 3\n"
     )
-    code = main(
+    # In its own process, as the scheduler runs it (the CLI stops its Spark session).
+    done = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "lookalike",
             "nightly",
             "--conf",
             str(conf),
@@ -149,12 +155,15 @@ def test_a_model_returning_constant_vectors_fails_a_gate_and_publishes_nothing(
             "2026-11-23",
             "--catalog",
             str(demo.catalog_path),
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    assert code == 3
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
     # Every SKU looks like every other: one giant duplicate cluster per category, so no SKU
     # has similar items left, and the coverage gate stops the run.
-    assert "full_topk_share = 0" in capsys.readouterr().err
+    assert "full_topk_share = 0" in done.stderr
     tables = tmp_path / "out" / "tables"
     # Nothing the storefront reads was written; only the runs record says what happened.
     assert sorted(p.name for p in tables.iterdir()) == ["runs"]
