@@ -114,6 +114,15 @@ def test_trunk_features_are_cached_by_model_and_files(photos, pretrained_weights
 
 
 @pytest.mark.slow
+def test_an_unreadable_training_image_is_skipped_not_fatal(photos, pretrained_weights, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"<html>not found</html>")
+    uris = [photos["image_uri"].iloc[0], str(tmp_path / "gone.jpg"), str(tmp_path / "broken.jpg")]
+    maps, ok = trunk_features(uris, FineTuneSettings(**TINY), cache_dir=tmp_path / "cache")
+    assert ok.tolist() == [True, False, False]
+    assert len(maps) == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["normsoftmax", "triplet"])
 def test_training_is_deterministic_for_a_seed(maps, photos, loss):
     labels = photos["product_id"].to_numpy()

@@ -160,10 +160,13 @@ class EmbeddingModel(nn.Module):
 def _cache_key(model_id: str, train_blocks: int, uris: list[str]) -> str:
     digest = hashlib.sha256(f"{model_id}|trunk-{train_blocks}|".encode())
     for uri in uris:
-        stat = os.stat(uri) if "://" not in uri else None
-        digest.update(
-            f"{uri}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}\n".encode()
-        )
+        try:
+            stat = os.stat(uri)
+            version = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except (OSError, ValueError):
+            # Remote or missing: keyed by name only (a missing one is skipped when read).
+            version = "|"
+        digest.update(f"{uri}|{version}\n".encode())
     return digest.hexdigest()[:20]
 
 
