@@ -513,9 +513,13 @@ def fine_tune(
     out: str | Path,
     *,
     cache_dir: str | Path | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
-    """Trunk features, training and export for a labelled set; returns the exported info."""
+    """Trunk features, training and export for a labelled set; returns the exported info.
+
+    Progress goes to ``say`` (default: stdout, flushed line by line, so a log shows it live).
+    """
+    say = say or (lambda message: print(message, flush=True))
     frame = frame[frame[label].notna()].reset_index(drop=True)
     if frame.empty:
         raise LabelledSetError(f"no image has a {label}")
