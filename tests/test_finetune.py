@@ -223,6 +223,23 @@ def test_command_trains_and_exports_with_the_jobs_preprocessing(
     assert sidecar["model_id"] != resolve_model(ModelSettings(checkpoint=str(out))).model_id
 
 
+def test_command_line_settings_default_the_loss_by_label_and_take_the_jobs_preprocessing(
+    tmp_path,
+):
+    parse = finetune.build_parser().parse_args
+    base = ["--train", "t.csv", "--out", "m.pt"]
+    assert finetune.settings_from_args(parse(base)).loss == "triplet"
+    assert finetune.settings_from_args(parse([*base, "--label", "category"])).loss == "normsoftmax"
+    given = parse([*base, "--label", "category", "--loss", "triplet"])
+    assert finetune.settings_from_args(given).loss == "triplet"
+    conf = tmp_path / "job.yaml"
+    conf.write_text("model:\n  trim_borders: true\n  image_size: 160\n")
+    settings = finetune.settings_from_args(
+        parse([*base, "--conf", str(conf), "--image-size", "192"])
+    )
+    assert (settings.trim_borders, settings.image_size) == (True, 192)
+
+
 def test_command_refuses_bad_input(tmp_path, capsys):
     assert (
         finetune.main(["--train", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.pt")]) == 2
