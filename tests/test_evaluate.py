@@ -333,3 +333,26 @@ def test_command_exit_codes(tmp_path, capsys):
     code = evaluate.main(["--embeddings", str(tmp_path / "embeddings"), *base, "--model-id", "x"])
     assert code == 1
     assert "no vector of model x" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_embeds_a_labelled_set_with_the_configured_model(
+    pretrained_weights, tmp_path, capsys
+):
+    from drawn_photos import drawn_photos
+
+    drawn_photos(tmp_path / "photos").to_csv(tmp_path / "set.csv", index=False)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("output:\n  root: out\nmodel:\n  device: cpu\n")
+    args = ["--images", str(tmp_path / "set.csv"), "--conf", str(conf), "--dataset", "drawn",
+            "--output", str(tmp_path / "report"), "--run-id", "2026-11-23"]  # fmt: skip
+    assert evaluate.main(args) == 0
+    assert "mobilenet_v2.IMAGENET1K_V1.224px." in capsys.readouterr().out
+    assert evaluate.main(args) == 0  # the same run again: its row is replaced
+    rows = DeltaTable(str(tmp_path / "out" / "tables" / "model_evaluations")).to_pandas()
+    assert len(rows) == 1 and rows.loc[0, "run_id"] == "2026-11-23"
+    # Two drawn products, six photos each: the ImageNet network tells them apart.
+    assert rows.loc[0, "same_product_recall_at_1"] == 1.0
+    missing = ["--checkpoint", str(tmp_path / "none.pt")]
+    assert evaluate.main([*args, *missing]) == 2
+    assert "--checkpoint: no such file" in capsys.readouterr().err

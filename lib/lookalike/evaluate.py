@@ -735,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint and not args.images:
             raise ValueError("--checkpoint needs --images (stored vectors are already embedded)")
         model = config.model
+        if args.checkpoint and not Path(args.checkpoint).is_file():
+            raise ValueError(f"--checkpoint: no such file: {args.checkpoint}")
         if args.checkpoint:
             model = model.model_copy(update={"checkpoint": str(Path(args.checkpoint).resolve())})
         frame = read_labelled_images(args.images) if args.images else None
