@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import SHARED_DATASETS
-from lookalike import labelled
+from lookalike import cli
 from lookalike.labelled import (
     LabelledSetError,
     grocery_store,
@@ -83,12 +83,13 @@ def test_category_folders_as_a_labelled_set():
 
 
 def test_command_writes_a_csv_that_reads_back(tmp_path, capsys):
+    """Through `lookalike labelled`, the documented entry point of every evaluation tool."""
     for category in ("hat", "shoes"):
         (tmp_path / "photos" / category).mkdir(parents=True)
         (tmp_path / "photos" / category / "1.jpg").write_bytes(b"not read here")
     out = tmp_path / "set.csv"
-    assert labelled.main(["folders", str(tmp_path / "photos"), "--out", str(out)]) == 0
+    assert cli.main(["labelled", "folders", str(tmp_path / "photos"), "--out", str(out)]) == 0
     assert "2 images, 0 products, 2 categories" in capsys.readouterr().out
     assert read_labelled_images(out)["category"].tolist() == ["hat", "shoes"]
-    assert labelled.main(["folders", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert cli.main(["labelled", "folders", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no such folder" in capsys.readouterr().err

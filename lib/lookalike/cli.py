@@ -8,6 +8,7 @@ failed (nothing was published).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -18,6 +19,15 @@ from lookalike.config import Config, ConfigError, load_config
 from lookalike.layout import STAGES, RunLayout
 
 log = logging.getLogger("lookalike")
+
+
+# Commands with arguments of their own: `lookalike evaluate ...` runs lookalike.evaluate.main.
+TOOLS = {
+    "labelled": ("lookalike.labelled", "write a dataset folder as a labelled image set CSV"),
+    "evaluate": ("lookalike.evaluate", "retrieval metrics of a model on a labelled set"),
+    "finetune": ("lookalike.finetune", "fine-tune the embedding on a labelled set"),
+    "promote": ("lookalike.promote", "evaluate a candidate model; promote it if not worse"),
+}
 
 
 def _run_date(text: str) -> date:
@@ -74,6 +84,8 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     similar.add_argument("sku_id")
     similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     similar.add_argument("--output", help="output root folder; overrides output.root")
+    for name, (_, text) in TOOLS.items():
+        commands.add_parser(name, help=f"{text} (lookalike {name} --help)", add_help=False)
     return parser
 
 
@@ -99,6 +111,9 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(TOOLS[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     _configure_logging()
     if args.command == "install-weights":

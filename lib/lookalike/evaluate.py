@@ -24,7 +24,7 @@ out of every metric and counted in ``queries_without_match``):
 
 ``write_report`` writes ``metrics.json`` and PNG plots (Recall@K curves, similarity histograms
 of matching vs non-matching pairs); ``record_evaluation`` appends a row to the
-``model_evaluations`` Delta table. ``python -m lookalike.evaluate`` does all of it for a
+``model_evaluations`` Delta table. ``lookalike evaluate`` does all of it for a
 labelled image set or for stored vectors.
 """
 
@@ -688,7 +688,7 @@ def stored_vectors(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lookalike.evaluate",
+        prog="lookalike evaluate",
         description="Retrieval metrics of a model (Recall@K, mAP@K, NDCG@K, precision@K, ANN "
         "recall): metrics.json and plots in --output, a row in the model_evaluations table.",
     )

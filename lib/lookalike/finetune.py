@@ -557,7 +557,7 @@ def fine_tune(
 def build_parser() -> argparse.ArgumentParser:
     defaults = FineTuneSettings()
     parser = argparse.ArgumentParser(
-        prog="python -m lookalike.finetune",
+        prog="lookalike finetune",
         description="Fine-tune an embedding (projection + last backbone blocks) on a labelled "
         "set and export a checkpoint for model.checkpoint.",
     )

@@ -188,7 +188,7 @@ def embed_labelled(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lookalike.labelled",
+        prog="lookalike labelled",
         description="Write a shared dataset as a labelled-set CSV "
         "(image_uri, product_id, category, is_reference).",
     )

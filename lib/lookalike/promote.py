@@ -117,7 +117,7 @@ def write_state(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lookalike.promote",
+        prog="lookalike promote",
         description="Evaluate a candidate checkpoint against the configured model on held-out "
         "data; promote it only if it is not worse.",
     )
