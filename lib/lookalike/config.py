@@ -100,13 +100,29 @@ class EmbedSettings(_Section):
 
 class IndexSettings(_Section):
     n_trees: int = Field(default=20, ge=1)
-    # -1: Annoy's default, n_trees * n neighbours searched.
+    # Nodes Annoy inspects per query; -1: Annoy's default, n_trees * n neighbours asked.
     search_k: int = Field(default=-1, ge=-1)
     seed: int = 42
+    # A category with more vectors is split into equal sub-shards (by a hash of sku_id),
+    # each SKU asking every sub-shard of its category.
+    max_shard_size: int = Field(default=250_000, ge=2)
+    # Shards of at most this many vectors are searched exactly (matrix products) instead of
+    # through Annoy trees: the measured crossover (benchmarks/exact_vs_annoy.py).
+    exact_max_size: int = Field(default=20_000, ge=0)
+    # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
+    # principal axes kept (fitted on a sample of the run's vectors).
+    pca_dim: int = Field(default=0, ge=0, le=4096)
+    # Scale each kept axis to unit variance (whitening) before the vectors are normalised.
+    pca_whiten: bool = True
+    # Vectors sampled to fit the projection.
+    pca_sample: int = Field(default=20_000, ge=100)
 
 
 class NeighborsSettings(_Section):
     k: int = Field(default=10, ge=1, le=1000)
+    # Queries sampled per Annoy shard whose exact answers measure recall@k (runs record,
+    # gates.min_recall); 0: not measured.
+    recall_queries: int = Field(default=200, ge=0)
 
 
 class DuplicatesSettings(_Section):
@@ -142,6 +158,9 @@ class GateSettings(_Section):
     max_top1_score_shift: float = Field(default=0.1, ge=0.0)
     # Mean share of a SKU's similar items new since the previous published run.
     max_topk_churn: float = Field(default=0.8, ge=0.0, le=1.0)
+    # recall@k of the neighbors stage's Annoy search against exact answers, measured on
+    # sampled queries (all shards pooled).
+    min_recall: float = Field(default=0.9, ge=0.0, le=1.0)
 
 
 class Config(_Section):

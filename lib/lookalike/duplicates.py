@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from lookalike.index import Shard, map_shards
+from lookalike.index import Shard, map_shard_pairs
 
 PAIR_SCHEMA = T.StructType(
     [
@@ -39,19 +39,34 @@ PAIR_SCHEMA = T.StructType(
 )
 
 
-def near_duplicate_pairs_of_shard(
-    shard: Shard, *, min_similarity: float, candidates: int, search_k: int
+def near_duplicate_pairs_across(
+    query_shard: Shard,
+    target_shard: Shard,
+    *,
+    min_similarity: float,
+    candidates: int,
+    search_k: int,
 ) -> pd.DataFrame:
-    """Pairs (a < b) of one shard whose vectors are at least min_similarity apart."""
-    n_items = len(shard.sku_ids)
+    """Pairs (a < b) of a SKU of ``query_shard`` and one of its ``candidates`` nearest SKUs
+    of ``target_shard`` (another sub-shard of the category, or the same shard) at least
+    min_similarity apart. Each pair may come from both sides: ``merge_pairs`` keeps one."""
+    same = query_shard is target_shard or query_shard.shard_id == target_shard.shard_id
     pairs: dict[tuple[str, str], float] = {}
-    for item_id in range(n_items):
-        ids, scores = shard.neighbours(item_id, min(n_items, candidates + 1), search_k)
-        for other, score in zip(ids, scores, strict=True):
-            if other == item_id or score < min_similarity:
-                continue
-            a, b = sorted((shard.sku_ids[item_id], shard.sku_ids[other]))
-            pairs[(a, b)] = max(pairs.get((a, b), -1.0), float(score))
+    n_items = len(query_shard)
+    for start in range(0, n_items, QUERY_BLOCK):
+        block = np.arange(start, min(n_items, start + QUERY_BLOCK))
+        answers = target_shard.search(
+            query_shard.item_vectors(block),
+            candidates,
+            search_k=search_k,
+            exclude=block if same else None,
+        )
+        for item_id, (ids, scores) in zip(block, answers, strict=True):
+            for other, score in zip(ids, scores, strict=True):
+                if score < min_similarity:
+                    continue
+                a, b = sorted((query_shard.sku_ids[item_id], target_shard.sku_ids[other]))
+                pairs[(a, b)] = max(pairs.get((a, b), -1.0), float(score))
     return pd.DataFrame(
         {
             # Typed even when empty: an empty list would become float64 and fail in Arrow.
@@ -63,13 +78,30 @@ def near_duplicate_pairs_of_shard(
     )
 
 
+QUERY_BLOCK = 4096
+
+
+def near_duplicate_pairs_of_shard(
+    shard: Shard, *, min_similarity: float, candidates: int, search_k: int
+) -> pd.DataFrame:
+    """Pairs (a < b) of one shard whose vectors are at least min_similarity apart."""
+    return near_duplicate_pairs_across(
+        shard, shard, min_similarity=min_similarity, candidates=candidates, search_k=search_k
+    )
+
+
 def embedding_pairs(
     manifest_df: DataFrame, *, min_similarity: float, candidates: int, search_k: int
 ) -> DataFrame:
-    return map_shards(
+    """Near-duplicate pairs within each category, across its sub-shards too."""
+    return map_shard_pairs(
         manifest_df,
-        lambda shard: near_duplicate_pairs_of_shard(
-            shard, min_similarity=min_similarity, candidates=candidates, search_k=search_k
+        lambda query, target: near_duplicate_pairs_across(
+            query,
+            target,
+            min_similarity=min_similarity,
+            candidates=candidates,
+            search_k=search_k,
         ),
         PAIR_SCHEMA,
     )

@@ -201,17 +201,44 @@ def _union(dfs: list[DataFrame]) -> DataFrame:
 
 def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     embeddings_df = _read(spark, ctx.layout.embeddings, "index")
+    settings = ctx.config.index
     # Shards of an earlier try of this date (a category since gone) must not linger.
     shutil.rmtree(ctx.layout.index_dir, ignore_errors=True)
+    projection = None
+    if settings.pca_dim:
+        projection = index.fit_projection(
+            embeddings_df,
+            dim=settings.pca_dim,
+            whiten=settings.pca_whiten,
+            sample=settings.pca_sample,
+            seed=settings.seed,
+        )
+        log.info(
+            "index: PCA to %d axes, %s", settings.pca_dim, projection.save(ctx.layout.index_dir)
+        )
     manifest_df = index.build_category_indexes(
         embeddings_df,
         index_dir=ctx.layout.index_dir,
-        settings=ctx.config.index,
+        settings=settings,
         run_id=ctx.run_id,
+        projection=projection,
     )
     n_shards = _write(manifest_df, ctx.layout.index_manifest)
-    n_items = _read(spark, ctx.layout.index_manifest, "index").agg(F.sum("n_items")).first()[0]
-    return {"shards": n_shards, "items": int(n_items or 0)}
+    totals = (
+        _read(spark, ctx.layout.index_manifest, "index")
+        .agg(
+            F.sum("n_items").alias("items"),
+            F.count_if(F.col("kind") == index.EXACT).alias("exact_shards"),
+            F.count_distinct("category").alias("categories"),
+        )
+        .first()
+    )
+    return {
+        "shards": n_shards,
+        "exact_shards": int(totals["exact_shards"] or 0),
+        "categories": int(totals["categories"] or 0),
+        "items": int(totals["items"] or 0),
+    }
 
 
 MAX_EXTRA_NEIGHBOURS = 50
@@ -220,14 +247,16 @@ MAX_EXTRA_NEIGHBOURS = 50
 def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     manifest_df = _read(spark, ctx.layout.index_manifest, "neighbors")
     clusters_df = _read(spark, ctx.layout.duplicate_clusters, "neighbors")
-    k = ctx.config.neighbors.k
+    settings = ctx.config.neighbors
+    k, search_k = settings.k, ctx.config.index.search_k
     # A SKU's own duplicates take places in its answer that are then dropped: ask for
     # enough more that K remain (capped: a SKU of a giant cluster may then get fewer).
     largest = clusters_df.groupBy("cluster_id").count().agg(F.max("count")).first()[0] or 1
     extra = min(largest - 1, MAX_EXTRA_NEIGHBOURS)
     similar_df = neighbors.similar_items(
-        manifest_df, k=k + extra, search_k=ctx.config.index.search_k, run_id=ctx.run_id
+        manifest_df, k=k + extra, search_k=search_k, run_id=ctx.run_id
     )
+    # Merges the sub-shards' candidates of each SKU by score, then keeps k.
     similar_df = neighbors.without_own_duplicates(similar_df, clusters_df, k)
     n_rows = _write(similar_df, ctx.layout.similar_items)
     per_sku = (
@@ -236,14 +265,41 @@ def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         .count()
         .agg(
             F.count(F.lit(1)).alias("skus"),
-            F.count_if(F.col("count") == ctx.config.neighbors.k).alias("skus_with_full_k"),
+            F.count_if(F.col("count") == k).alias("skus_with_full_k"),
         )
         .first()
     )
-    return {
+    counts = {
         "rows": n_rows,
         "skus": per_sku["skus"],
         "skus_with_full_k": per_sku["skus_with_full_k"],
+    }
+    if settings.recall_queries:
+        counts |= _measured_recall(manifest_df, ctx)
+    return counts
+
+
+def _measured_recall(manifest_df: DataFrame, ctx: RunContext) -> dict:
+    """recall@k of the Annoy shards on sampled queries: pooled, worst shard, and per shard
+    (one row per shard reaches the driver)."""
+    k = ctx.config.neighbors.k
+    rows = index.measure_recall(
+        manifest_df,
+        k=k,
+        search_k=ctx.config.index.search_k,
+        queries=ctx.config.neighbors.recall_queries,
+        seed=ctx.config.index.seed,
+    ).collect()
+    measured = sorted((r for r in rows if r["wanted"]), key=lambda r: r["shard_id"])
+    hits, wanted = sum(r["hits"] for r in measured), sum(r["wanted"] for r in measured)
+    return {
+        "recall_queries": sum(r["queries"] for r in measured),
+        # Exact shards are exact by construction: 1.0 when no Annoy shard was sampled.
+        "recall_at_k": round(hits / wanted, 4) if wanted else 1.0,
+        "recall_at_k_min": round(min((r["hits"] / r["wanted"] for r in measured), default=1.0), 4),
+        "recall_at_k_by_shard": {
+            r["shard_id"]: round(r["hits"] / r["wanted"], 4) for r in measured
+        },
     }
 
 
@@ -395,6 +451,7 @@ def _check_gates(spark: SparkSession, ctx: RunContext) -> list[quality.GateResul
         rows_read=counts.get("ingest", {}).get("rows_read", 0),
         rows_rejected=counts.get("ingest", {}).get("rejected", 0)
         + counts.get("embed", {}).get("rejected", 0),
+        recall=counts.get("neighbors", {}).get("recall_at_k"),
     )
     for result in results:
         log.info(

@@ -10,6 +10,8 @@ the measured values next to the limits.
 - ``top1_score_spread``: standard deviation of each SKU's best score; a model that returns
   (nearly) constant vectors gives every SKU a best score of 1.0 and a spread of 0.
 - ``top1_score_shift``: |median best score - the previous published run's|.
+- ``recall_at_k``: recall@K of the neighbors stage's Annoy search against exact answers, on
+  queries it sampled per shard (``neighbors.recall_queries``), all shards pooled.
 - ``topk_churn``: mean share of a SKU's similar items that were not among them in the previous
   published run (SKUs present in both).
 """
@@ -76,6 +78,7 @@ def evaluate_gates(
     previous_df: DataFrame | None,
     rows_read: int,
     rows_rejected: int,
+    recall: float | None = None,
 ) -> list[GateResult]:
     """Every configured gate's measured value and verdict."""
     per_sku = similar_df.groupBy("sku_id").agg(
@@ -106,6 +109,9 @@ def evaluate_gates(
             "max",
         ),
         _gate("top1_score_spread", coverage["spread"], settings.min_top1_score_spread, "min"),
+        # Measured by the neighbors stage (sampled queries against exact answers); absent
+        # when it was not measured.
+        _gate("recall_at_k", recall, settings.min_recall, "min"),
     ]
     if previous_df is not None:
         before = previous_df.groupBy("sku_id").agg(F.max("score").alias("top1"))
