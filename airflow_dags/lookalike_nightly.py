@@ -1,9 +1,10 @@
 """The nightly lookalike run as an Airflow 3 DAG: one spark-submit per stage of the job.
 
     ingest >> embed >> index >> duplicates >> [neighbors, report] >> publish
+               embed >> mismatches >> report
 
 (neighbors leaves a SKU's own duplicate listings out of its similar items, so it needs the
-duplicate clusters.)
+duplicate clusters; the report shows the duplicate clusters and the category mismatches.)
 
 Each task runs ``<LOOKALIKE_HOME>/jobs/<stage>.py --conf <LOOKALIKE_CONF> --run-date {{ ds }}``.
 The run date is the DAG run's logical date, so re-running or clearing a date reruns exactly that
@@ -89,7 +90,16 @@ def log_runs_record(context) -> None:
     )
 
 
-STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "report", "publish")
+STAGES = (
+    "ingest",
+    "embed",
+    "index",
+    "duplicates",
+    "neighbors",
+    "mismatches",
+    "report",
+    "publish",
+)
 
 default_args = {
     "owner": "lookalike",
@@ -126,3 +136,4 @@ with DAG(
 
     tasks["ingest"] >> tasks["embed"] >> tasks["index"] >> tasks["duplicates"]
     tasks["duplicates"] >> [tasks["neighbors"], tasks["report"]] >> tasks["publish"]
+    tasks["embed"] >> tasks["mismatches"] >> tasks["report"]

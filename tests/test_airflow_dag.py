@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from lookalike.layout import STAGES as JOB_STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 DAG_FOLDER = REPO / "airflow_dags"
 DAG_ID = "lookalike_nightly"
-STAGES = {"ingest", "embed", "index", "neighbors", "duplicates", "report", "publish"}
+# One task per stage of the job, each with its spark-submit entry point.
+STAGES = set(JOB_STAGES)
 EDGES = {
     ("ingest", "embed"),
     ("embed", "index"),
@@ -25,6 +28,9 @@ EDGES = {
     # Similar items leave out a SKU's own duplicate listings: neighbors needs the clusters.
     ("duplicates", "neighbors"),
     ("duplicates", "report"),
+    # The report has a section of listings that look like another category.
+    ("embed", "mismatches"),
+    ("mismatches", "report"),
     ("neighbors", "publish"),
     ("report", "publish"),
 }

@@ -12,7 +12,12 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from lookalike.report import MEMBER_COLUMNS, ReportPaths, write_duplicate_report
+from lookalike.report import (
+    MEMBER_COLUMNS,
+    MISMATCH_COLUMNS,
+    ReportPaths,
+    write_duplicate_report,
+)
 
 HOSTILE_TITLE = '<script>alert(1)</script>&"x"'
 MESSY_TITLE = 'Mug, blue, 12 oz "large"\nsecond line, with comma'
@@ -114,13 +119,24 @@ def _member_blocks(card: str) -> list[str]:
     return card.split('<li class="member')[1:]
 
 
-def test_writes_both_files_and_returns_their_paths(members: pd.DataFrame, tmp_path: Path) -> None:
+def test_writes_every_file_and_returns_their_paths(members: pd.DataFrame, tmp_path: Path) -> None:
     out = tmp_path / "reports" / RUN_ID
     paths = write_duplicate_report(members, out, run_id=RUN_ID)
-    assert paths == ReportPaths(html=out / "duplicates.html", csv=out / "duplicates.csv")
+    assert paths == ReportPaths(
+        html=out / "duplicates.html",
+        csv=out / "duplicates.csv",
+        mismatches_csv=out / "category_mismatches.csv",
+    )
     assert paths.html.is_file() and paths.csv.is_file()
-    # Only the two files: no temp file left behind.
-    assert sorted(p.name for p in out.iterdir()) == ["duplicates.csv", "duplicates.html"]
+    # No mismatch given: the section says so, and its CSV is a header.
+    assert "No listing looks like it belongs to another category" in paths.html.read_text()
+    assert paths.mismatches_csv.read_text() == ",".join(MISMATCH_COLUMNS) + "\n"
+    # Only these files: no temp file left behind.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "category_mismatches.csv",
+        "duplicates.csv",
+        "duplicates.html",
+    ]
 
 
 def test_seller_text_is_escaped_and_no_script_tag(members: pd.DataFrame, tmp_path: Path) -> None:
@@ -286,6 +302,7 @@ def test_rerun_replaces_previous_report(members: pd.DataFrame, tmp_path: Path) -
     assert "No duplicate listings were found" in paths.html.read_text()
     assert len(pd.read_csv(paths.csv)) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "category_mismatches.csv",
         "duplicates.csv",
         "duplicates.html",
     ]

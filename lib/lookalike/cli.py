@@ -265,4 +265,5 @@ def format_summary(ctx, results, total_seconds: float) -> str:
     if any(r.stage == "report" for r in results):
         lines.append(f"  duplicates report  {layout.report_dir / 'duplicates.html'}")
         lines.append(f"  duplicates CSV     {layout.report_dir / 'duplicates.csv'}")
+        lines.append(f"  mismatches CSV     {layout.report_dir / 'category_mismatches.csv'}")
     return "\n".join(lines)

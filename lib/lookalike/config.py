@@ -143,6 +143,21 @@ class DuplicatesSettings(_Section):
     chain_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
+class MismatchSettings(_Section):
+    """Listings that look like another category (lookalike.mismatch)."""
+
+    enabled: bool = True
+    # Nearest references looked at per listing.
+    k: int = Field(default=10, ge=1, le=100)
+    # Flagged when at most this share of them is in the listing's own category ...
+    max_own_share: float = Field(default=0.0, ge=0.0, lt=0.5)
+    # ... and one other category (the suggestion) holds at least this share.
+    min_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Active listings of each category compared against (the driver holds
+    # categories x this many vectors).
+    reference_per_category: int = Field(default=100, ge=2, le=10_000)
+
+
 class GateSettings(_Section):
     """Quality gates checked before publishing (lookalike.quality); any failure publishes
     nothing and exits with code 3."""
@@ -172,6 +187,7 @@ class Config(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
     duplicates: DuplicatesSettings = Field(default_factory=DuplicatesSettings)
+    mismatches: MismatchSettings = Field(default_factory=MismatchSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     # The folder relative paths are resolved against (the config file's folder).
     base_dir: str = "."

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # neighbors after duplicates: a SKU's own duplicate listings are no recommendation.
-STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "report", "publish")
+STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "report", "publish")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class RunLayout:
     @property
     def duplicate_clusters(self) -> Path:
         return self.work / "duplicate_clusters"
+
+    @property
+    def category_mismatches(self) -> Path:
+        return self.work / "category_mismatches"
 
     def stats(self, stage: str) -> Path:
         return self.work / "stats" / f"{stage}.json"

@@ -33,6 +33,7 @@ from lookalike import (
     embed,
     faults,
     index,
+    mismatch,
     neighbors,
     quality,
     report,
@@ -365,7 +366,30 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     }
 
 
+def run_mismatches(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    settings = ctx.config.mismatches
+    embeddings_df = _read(spark, ctx.layout.embeddings, "mismatches")
+    if settings.enabled:
+        flagged_df = mismatch.category_mismatches(
+            embeddings_df, settings=settings, run_id=ctx.run_id
+        )
+    else:  # an empty table, so the report and the published table still say "none"
+        flagged_df = spark.createDataFrame([], mismatch.MISMATCH_SCHEMA)
+    n_flagged = _write(flagged_df, ctx.layout.category_mismatches)
+    by_category = (
+        _read(spark, ctx.layout.category_mismatches, "mismatches")
+        .groupBy("category")
+        .count()
+        .collect()
+    )
+    return {
+        "flagged": n_flagged,
+        "categories_with_flags": len(by_category),
+    }
+
+
 REPORT_MAX_CLUSTERS = 500
+REPORT_MAX_MISMATCHES = 200
 
 
 def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -385,6 +409,20 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         .select(*report.MEMBER_COLUMNS)
         .toPandas()
     )
+    # The most confident flags (no neighbour of their own category, most in the suggested one).
+    flagged = (
+        _read(spark, ctx.layout.category_mismatches, "report")
+        .orderBy(
+            "own_share",
+            F.col("suggested_share").desc(),
+            F.col("suggested_score").desc(),
+            "sku_id",
+        )
+        .limit(REPORT_MAX_MISMATCHES)
+        .join(catalog_df.select("sku_id", "title", "image_uri"), "sku_id")
+        .select(*report.MISMATCH_COLUMNS)
+        .toPandas()
+    )
     totals = {"SKUs in catalog": catalog_df.count()}
     paths = report.write_duplicate_report(
         members,
@@ -392,9 +430,14 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         run_id=ctx.run_id,
         max_clusters=REPORT_MAX_CLUSTERS,
         totals=totals,
+        mismatches=flagged,
     )
-    log.info("duplicate report: %s", paths.html)
-    return {"clusters_shown": int(members["cluster_id"].nunique()), "listings_shown": len(members)}
+    log.info("merchandiser report: %s", paths.html)
+    return {
+        "clusters_shown": int(members["cluster_id"].nunique()),
+        "listings_shown": len(members),
+        "mismatches_shown": len(flagged),
+    }
 
 
 def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -409,6 +452,7 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "index_manifest": ([layout.index_manifest], True),
         "similar_items": ([layout.similar_items], False),
         "duplicate_clusters": ([layout.duplicate_clusters], False),
+        "category_mismatches": ([layout.category_mismatches], False),
     }
     for folders, _ in sources.values():
         for folder in folders:
@@ -521,6 +565,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, RunContext], dict[str, int]]]
     "index": run_index,
     "duplicates": run_duplicates,
     "neighbors": run_neighbors,
+    "mismatches": run_mismatches,
     "report": run_report,
     "publish": run_publish,
 }

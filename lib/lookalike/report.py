@@ -1,5 +1,6 @@
-"""The merchandisers' morning review of duplicate listings: one self-contained HTML page per run
-(thumbnails inlined, no scripts, no external requests) and a CSV export of the same rows."""
+"""The merchandisers' morning review of duplicate listings, and of listings that look like another
+category: one self-contained HTML page per run (thumbnails inlined, no scripts, no external
+requests) and a CSV export of each section's rows."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 HTML_NAME = "duplicates.html"
 CSV_NAME = "duplicates.csv"
+MISMATCH_CSV_NAME = "category_mismatches.csv"
 
 MEMBER_COLUMNS: tuple[str, ...] = (
     "cluster_id",
@@ -38,6 +40,21 @@ MEMBER_COLUMNS: tuple[str, ...] = (
     "run_id",
 )
 
+MISMATCH_COLUMNS: tuple[str, ...] = (
+    "sku_id",
+    "category",
+    "suggested_category",
+    "suggested_share",
+    "own_share",
+    "suggested_score",
+    "own_best_score",
+    "neighbour_sku_ids",
+    "neighbour_categories",
+    "title",
+    "image_uri",
+    "run_id",
+)
+
 _JPEG_QUALITY = 80
 # Decoding is mostly C code that releases the GIL, so a few threads cut the driver's wall time on a
 # page of hundreds of photos without the cost of processes.
@@ -50,6 +67,7 @@ _PAPER = (255, 255, 255)
 class ReportPaths:
     html: Path
     csv: Path
+    mismatches_csv: Path
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,21 @@ class _ClusterView:
     members: list[_MemberView]
 
 
+@dataclass(frozen=True)
+class _MismatchView:
+    sku_id: str
+    title: str | None
+    thumb: _Thumb | None
+    category: str
+    suggested_category: str
+    suggested_share: float
+    own_share: float
+    suggested_score: float
+    own_best_score: float | None
+    # The nearest references, nearest first: "sku_id (category)".
+    neighbours: list[str]
+
+
 def write_duplicate_report(
     members: pd.DataFrame,
     out_dir: Path,
@@ -88,25 +121,36 @@ def write_duplicate_report(
     max_clusters: int = 500,
     thumb_px: int = 160,
     totals: dict[str, int] | None = None,
+    mismatches: pd.DataFrame | None = None,
 ) -> ReportPaths:
-    """Write `out_dir/duplicates.html` and `out_dir/duplicates.csv` for one run; return the paths.
+    """Write `out_dir/duplicates.html`, `duplicates.csv` and `category_mismatches.csv` for one
+    run; return the paths.
 
     `members` holds one row per listing of a duplicate cluster (columns: MEMBER_COLUMNS). The page
     shows the `max_clusters` most confident clusters; the CSV holds every row, in the page's order.
-    Re-running replaces both files; a reader never sees a half-written one.
+    `mismatches` holds listings flagged as looking like another category (MISMATCH_COLUMNS),
+    shown in a section of their own, most confident first. Re-running replaces every file; a
+    reader never sees a half-written one.
     """
     if max_clusters < 0:
         raise ValueError(f"max_clusters must be >= 0, got {max_clusters}")
     if thumb_px <= 0:
         raise ValueError(f"thumb_px must be > 0, got {thumb_px}")
-    members = _with_member_columns(members)
+    members = _with_columns(members, MEMBER_COLUMNS, "members")
     ordered = _sort_like_page(members)
+    flagged = _sort_mismatches(
+        _with_columns(
+            pd.DataFrame() if mismatches is None else mismatches, MISMATCH_COLUMNS, "mismatches"
+        )
+    )
 
     clusters = list(ordered.groupby("cluster_id", sort=False))
     shown = clusters[:max_clusters]
     hidden = clusters[max_clusters:]
     thumbs = _thumbnails(
-        [uri for _, rows in shown for uri in rows["image_uri"].tolist()], thumb_px=thumb_px
+        [uri for _, rows in shown for uri in rows["image_uri"].tolist()]
+        + flagged["image_uri"].tolist(),
+        thumb_px=thumb_px,
     )
 
     evidence_counts: Counter[str] = Counter()
@@ -128,27 +172,73 @@ def write_duplicate_report(
             n_hidden_clusters=len(hidden),
             n_hidden_listings=sum(len(rows) for _, rows in hidden),
             thumb_px=thumb_px,
+            mismatches=[_mismatch_view(row, thumbs) for row in flagged.itertuples(index=False)],
         )
     )
     csv_text = ordered.to_csv(index=False, lineterminator="\n")
+    mismatch_csv_text = flagged.assign(
+        neighbour_sku_ids=flagged["neighbour_sku_ids"].map(_joined),
+        neighbour_categories=flagged["neighbour_categories"].map(_joined),
+    ).to_csv(index=False, lineterminator="\n")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = ReportPaths(html=out_dir / HTML_NAME, csv=out_dir / CSV_NAME)
-    # Both are rendered before either is written, so a failure leaves the previous run's pair.
+    paths = ReportPaths(
+        html=out_dir / HTML_NAME,
+        csv=out_dir / CSV_NAME,
+        mismatches_csv=out_dir / MISMATCH_CSV_NAME,
+    )
+    # All are rendered before any is written, so a failure leaves the previous run's files.
     _write_atomically(paths.csv, csv_text)
+    _write_atomically(paths.mismatches_csv, mismatch_csv_text)
     _write_atomically(paths.html, html)
     return paths
 
 
-def _with_member_columns(members: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in MEMBER_COLUMNS if c not in members.columns]
-    if missing and not members.empty:
-        raise ValueError(f"members lacks columns {missing}; expected {list(MEMBER_COLUMNS)}")
+def _with_columns(rows: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in rows.columns]
+    if missing and not rows.empty:
+        raise ValueError(f"{what} lacks columns {missing}; expected {list(columns)}")
     # An empty run may arrive as a frame without columns; the CSV still needs its header.
     for column in missing:
-        members = members.assign(**{column: pd.Series(dtype=object)})
-    return members
+        rows = rows.assign(**{column: pd.Series(dtype=object)})
+    return rows
+
+
+def _joined(values: object) -> str:
+    """A list cell of the CSV: "a|b|c" (sku ids and categories may hold commas)."""
+    if values is None or (not isinstance(values, list | tuple) and not hasattr(values, "tolist")):
+        return ""
+    return "|".join(str(v) for v in list(values))
+
+
+def _sort_mismatches(flagged: pd.DataFrame) -> pd.DataFrame:
+    """Most confident first: fewest neighbours of its own category, most of the suggested one,
+    most similar to them; then sku_id."""
+    order = flagged.sort_values(
+        ["own_share", "suggested_share", "suggested_score", "sku_id"],
+        ascending=[True, False, False, True],
+        kind="mergesort",
+        na_position="last",
+    )
+    return order[list(flagged.columns)].reset_index(drop=True)
+
+
+def _mismatch_view(row, thumbs: dict[str, _Thumb | None]) -> _MismatchView:
+    ids = [] if row.neighbour_sku_ids is None else list(row.neighbour_sku_ids)
+    cats = [] if row.neighbour_categories is None else list(row.neighbour_categories)
+    return _MismatchView(
+        sku_id=str(row.sku_id),
+        title=None if pd.isna(row.title) else str(row.title),
+        thumb=thumbs.get(row.image_uri) if isinstance(row.image_uri, str) else None,
+        category=str(row.category),
+        suggested_category=str(row.suggested_category),
+        suggested_share=float(row.suggested_share),
+        own_share=float(row.own_share),
+        suggested_score=float(row.suggested_score),
+        own_best_score=None if pd.isna(row.own_best_score) else float(row.own_best_score),
+        neighbours=[f"{sku} ({cat})" for sku, cat in zip(ids, cats, strict=False)],
+    )
 
 
 def _sort_like_page(members: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,13 @@ log = logging.getLogger(__name__)
 
 # Tables a run replaces whole; the per-run tables (rejects, index_manifest, runs) keep every
 # run's rows and are not rolled back.
-RESTORABLE = ("catalog", "embeddings", "similar_items", "duplicate_clusters")
+RESTORABLE = (
+    "catalog",
+    "embeddings",
+    "similar_items",
+    "duplicate_clusters",
+    "category_mismatches",
+)
 
 
 class RollbackError(ValueError):
