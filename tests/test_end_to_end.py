@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 
 from lookalike.config import Config
 from lookalike.demo import generate_demo_catalog
+from lookalike.layout import STAGES
 from lookalike.pipeline import RunContext, read_stats, run_nightly
 
 pytestmark = pytest.mark.slow
@@ -157,6 +158,7 @@ def test_published_tables_match_the_runs_record(night):
     assert published["similar_items"] == counts["neighbors"]["rows"]
     assert published["duplicate_clusters"] == counts["duplicates"]["listings_in_clusters"]
     assert published["rejects"] == counts["ingest"]["rejected"] + counts["embed"]["rejected"]
+    assert published["category_mismatches"] == counts["mismatches"]["flagged"]
     assert record["model_id"].startswith("mobilenet_v2.IMAGENET1K_V1.224px.")
     assert (_table(output, "embeddings")["model_id"] == record["model_id"]).all()
     # Each table is written in one commit: version 0 holds everything of the first run.
@@ -174,6 +176,13 @@ def test_report_lists_the_clusters(night):
     for cluster_id in clusters["cluster_id"].unique():
         assert cluster_id in html
     assert "<script>alert" not in html  # the demo has a hostile title; it must be escaped
+    # The category-mismatch section: every flagged listing is an active one, and is shown.
+    flagged = _table(output, "category_mismatches")
+    active = _table(output, "catalog").set_index("sku_id")["is_active"]
+    assert active[flagged["sku_id"]].all()
+    assert (flagged["suggested_category"] != flagged["category"]).all()
+    for sku_id in flagged["sku_id"]:
+        assert sku_id in html
 
 
 def test_rerun_of_the_same_date_replaces_instead_of_appending(spark, night):
@@ -183,15 +192,7 @@ def test_rerun_of_the_same_date_replaces_instead_of_appending(spark, night):
     after = {n: len(_table(output, n)) for n in ("rejects", "runs", "similar_items")}
     assert after == before
     assert DeltaTable(str(output / "tables" / "similar_items")).version() == 1
-    assert set(read_stats(ctx.layout)) == {
-        "ingest",
-        "embed",
-        "index",
-        "neighbors",
-        "duplicates",
-        "report",
-        "publish",
-    }
+    assert set(read_stats(ctx.layout)) == set(STAGES)
 
 
 def _spark_submit(stage: str, conf: Path) -> subprocess.CompletedProcess:
