@@ -15,10 +15,10 @@ import pytest
 
 from lookalike.config import IndexSettings
 from lookalike.duplicates import near_duplicate_pairs_of_shard
-from lookalike.index import METRIC, Shard, ShardError, build_shard, shard_id_for
+from lookalike.index import EXACT, METRIC, Shard, ShardError, build_shard, shard_id_for
 from lookalike.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
 
-SETTINGS = IndexSettings()  # n_trees 20, search_k -1, seed 42: the shipped defaults
+SETTINGS = IndexSettings()  # n_trees 20, search_k 5000, seed 42: the shipped defaults
 DEFAULT_SEARCH_K = SETTINGS.search_k
 K = 10
 RUN_ID = "2026-11-23"
@@ -486,3 +486,62 @@ def test_no_pairs_gives_string_typed_empty_frame(tmp_path):
     assert pairs["sku_id_b"].dtype == object
     assert pairs["evidence"].dtype == object
     assert pairs["score"].dtype == np.float32
+
+
+# --- exact shards ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def built_exact(tmp_path):
+    vectors = clustered_vectors(50, 16, n_clusters=3, spread=0.3, seed=4)
+    members = members_frame(vectors, [f"s{i:02d}" for i in range(50)], True)
+    shard_id = shard_id_for("Women's Shoes")
+    built = build_shard(
+        members, shard_id=shard_id, index_dir=tmp_path, settings=SETTINGS, kind=EXACT
+    )
+    return {
+        "run_id": RUN_ID,
+        "shard_id": shard_id,
+        "category": "Women's Shoes",
+        "metric": METRIC,
+        "model_id": MODEL_ID,
+        **built,
+    }
+
+
+def test_exact_shard_is_a_vector_file_answering_like_brute_force(built_exact):
+    assert built_exact["kind"] == EXACT and built_exact["n_trees"] == 0
+    assert Path(built_exact["path"]).suffix == ".npy"
+    shard = Shard.open(built_exact)
+    assert shard.index is None and shard.vectors.shape == (50, 16)
+    similar = top_k_for_shard(shard, k=5, search_k=DEFAULT_SEARCH_K, run_id=RUN_ID)
+    members = pd.DataFrame(
+        {"sku_id": shard.sku_ids, "is_active": True, "embedding": list(shard.item_vectors())}
+    )
+    found = similar.groupby("sku_id")["similar_sku_id"].apply(list).to_dict()
+    assert found == exact_top_k(members, 5)
+
+
+def test_open_rejects_a_corrupted_exact_shard(built_exact):
+    path = Path(built_exact["path"])
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built_exact)
+    _assert_names_the_shard(excinfo, built_exact)
+    assert "checksum" in str(excinfo.value)
+
+
+def test_open_rejects_a_missing_exact_shard(built_exact):
+    Path(built_exact["path"]).unlink()
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built_exact)
+    _assert_names_the_shard(excinfo, built_exact)
+    assert built_exact["path"] in str(excinfo.value)
+
+
+def test_open_rejects_an_unknown_shard_kind(built_exact):
+    with pytest.raises(ShardError, match="unknown shard kind 'faiss'") as excinfo:
+        Shard.open({**built_exact, "kind": "faiss"})
+    _assert_names_the_shard(excinfo, built_exact)

@@ -399,7 +399,7 @@ class Shard:
         if self.index is None:
             return self.search(self.item_vectors(np.array([item_id])), n, search_k=search_k)[0]
         ids, distances = self.index.get_nns_by_item(
-            item_id, n, search_k=search_k, include_distances=True
+            item_id, n, search_k=self._search_k(search_k, n), include_distances=True
         )
         return np.asarray(ids, dtype=np.int64), cosine_from_angular(np.asarray(distances))
 
@@ -426,6 +426,12 @@ class Shard:
             for vector, excluded in zip(queries, exclude, strict=True)
         ]
 
+    def _search_k(self, search_k: int, n: int) -> int:
+        """The configured nodes per query, but never fewer than Annoy's own default for n
+        (n_trees * n): asking for more neighbours (own duplicates, inactive SKUs) must not
+        lower the recall."""
+        return search_k if search_k < 0 else max(search_k, self.index.get_n_trees() * n)
+
     def _annoy_search(
         self, vector: np.ndarray, n: int, search_k: int, active_only: bool, excluded: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -433,7 +439,7 @@ class Shard:
         asked = min(n_items, 2 * (n + 1))
         while True:
             ids, distances = self.index.get_nns_by_vector(
-                vector, asked, search_k=search_k, include_distances=True
+                vector, asked, search_k=self._search_k(search_k, asked), include_distances=True
             )
             ids = np.asarray(ids, dtype=np.int64)
             keep = ids != excluded

@@ -1,0 +1,278 @@
+"""Similar items at scale: the index + neighbors stages on N synthetic SKUs, against Spark
+brute force.
+
+For each N: 128-d clustered unit vectors in 20 categories of skewed sizes (one holds 30% of
+the catalog; products in "styles" of about 50 look-alikes), written as a run's `embeddings`
+(no duplicate clusters), then the real `index` and `neighbors` stages on Spark `local[cores]`
+with the configured defaults (sub-shards above `index.max_shard_size`, exact search up to
+`index.exact_max_size`, Annoy above). Printed per N: wall time of each stage, peak memory of
+the whole process tree (driver JVM + Python workers, RSS sampled every 0.2 s), recall@10 of
+the published answer against exact answers (numpy) for 1,000 sampled SKUs, and the stage's
+own recall estimate; then how time grows with N.
+
+Then the same data through the brute-force exact top-K a Spark user would write (a cross
+join within the category, cosine as a dot product of the array columns, a window keeping the
+best 10), written to Spark's no-op sink, cancelled after --brute-cap seconds: the speed ratio
+where it finishes, "did not finish in X s" where not (larger sizes are then not tried).
+
+Usage:  .venv/bin/python benchmarks/topk_scale.py [--sizes 100000 300000 1000000]
+            [--brute-sizes 5000 10000 100000] [--brute-cap 900] [--cores 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+DIM = 128
+N_CATEGORIES = 20
+K = 10
+RECALL_SAMPLE = 1000
+
+
+def synthetic_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(category index, unit vectors): 30% in category 0, clustered in styles of ~50."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.3] + [0.7 / (N_CATEGORIES - 1)] * (N_CATEGORIES - 1))
+    category = rng.choice(N_CATEGORIES, size=n, p=weights)
+    n_styles = max(1, n // (50 * N_CATEGORIES))
+    centres = rng.standard_normal((N_CATEGORIES, n_styles, DIM)).astype(np.float32)
+    style = rng.integers(0, n_styles, n)
+    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return category, vectors
+
+
+def write_run(folder: Path, category: np.ndarray, vectors: np.ndarray) -> None:
+    n = len(vectors)
+    sku = np.array([f"SKU-{i:08d}" for i in range(n)], dtype=object)
+    names = np.array([f"category-{c:02d}" for c in range(N_CATEGORIES)], dtype=object)[category]
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    embeddings = pa.table(
+        {
+            "sku_id": sku,
+            "category": names,
+            "is_active": np.ones(n, dtype=bool),
+            "content_hash": np.array([f"{i:064x}" for i in range(n)], dtype=object),
+            "model_id": np.full(n, "synthetic-128d", dtype=object),
+            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), DIM).cast(
+                pa.list_(pa.float32())
+            ),
+            "embedded_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    clusters = pa.table(
+        {"cluster_id": pa.array([], pa.string()), "sku_id": pa.array([], pa.string())}
+    )
+    for name, table in (("embeddings", embeddings), ("duplicate_clusters", clusters)):
+        (folder / name).mkdir(parents=True)
+        pq.write_table(table, folder / name / "part-0.parquet", row_group_size=50_000)
+        (folder / name / "_SUCCESS").touch()
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its descendants (the JVM, Python workers)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def tree_rss() -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/statm") as f:
+                    rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += rss.get(pid, 0)
+            todo.extend(children.get(pid, []))
+        return total
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.tree_rss())
+            self._stop.wait(interval)
+
+
+def exact_recall(category, vectors, sku_index, similar, rng) -> float:
+    """recall@K of the stage's answers against numpy's exact top-K, on sampled SKUs."""
+    sample = rng.choice(len(vectors), size=min(RECALL_SAMPLE, len(vectors)), replace=False)
+    got = similar.groupby("sku_id")["similar_sku_id"].apply(list)
+    hits = wanted = 0
+    for i in sample:
+        same = np.flatnonzero(category == category[i])
+        scores = vectors[same] @ vectors[i]
+        scores[same == i] = -np.inf
+        best = same[np.argsort(-scores, kind="stable")[:K]]
+        want = {f"SKU-{j:08d}" for j in best}
+        found = set(got.get(f"SKU-{i:08d}", []))
+        hits += len(want & found)
+        wanted += len(want)
+    return hits / wanted
+
+
+def brute_force(spark, embeddings_path: Path, cap: float) -> float | None:
+    """Seconds of the Spark cross-join top-K, or None when cancelled at ``cap``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    items = spark.read.parquet(str(embeddings_path)).select("sku_id", "category", "embedding")
+    others = items.select(
+        F.col("sku_id").alias("similar_sku_id"), "category", F.col("embedding").alias("other")
+    )
+    dot = F.aggregate(
+        F.zip_with("embedding", "other", lambda x, y: x * y), F.lit(0.0), lambda a, b: a + b
+    )
+    best = Window.partitionBy("sku_id").orderBy(F.col("score").desc(), "similar_sku_id")
+    top_df = (
+        items.join(others, "category")
+        .filter(F.col("sku_id") != F.col("similar_sku_id"))
+        .select("sku_id", "similar_sku_id", dot.alias("score"))
+        .withColumn("rank", F.row_number().over(best))
+        .filter(F.col("rank") <= K)
+    )
+    group = f"brute-{time.time()}"
+    spark.sparkContext.setJobGroup(group, "brute force top-K", interruptOnCancel=True)
+    timer = threading.Timer(cap, lambda: spark.sparkContext.cancelJobGroup(group))
+    started = time.perf_counter()
+    timer.start()
+    try:
+        top_df.write.format("noop").mode("overwrite").save()
+        return time.perf_counter() - started
+    except Exception:  # cancelled: a Py4J/Spark error, whichever the version raises
+        if time.perf_counter() - started >= cap * 0.99:
+            return None
+        raise
+    finally:
+        timer.cancel()
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--brute-sizes", type=int, nargs="*", default=[5_000, 10_000, 100_000])
+    parser.add_argument("--brute-cap", type=float, default=900.0)
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+
+    from lookalike.config import Config
+    from lookalike.pipeline import RunContext, run_stage
+    from lookalike.session import build_session
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-topk-scale-"))
+    config = Config().with_overrides(
+        spark={
+            "master": f"local[{args.cores}]",
+            "conf": {
+                "spark.ui.enabled": "false",
+                "spark.driver.memory": "4g",
+                "spark.sql.shuffle.partitions": str(args.cores * 8),
+            },
+        },
+        output={"root": str(work)},
+    )
+    index_settings = config.index
+    print(
+        f"{args.cores} cores; k={K}; index: n_trees={index_settings.n_trees}, "
+        f"search_k={index_settings.search_k}, max_shard_size={index_settings.max_shard_size:,}, "
+        f"exact_max_size={index_settings.exact_max_size:,}"
+    )
+    spark = build_session(config)
+    results = []
+    try:
+        for n in args.sizes:
+            ctx = RunContext(config, dt.date(2026, 1, 1) + dt.timedelta(days=len(results)))
+            category, vectors = synthetic_vectors(n)
+            write_run(ctx.layout.work, category, vectors)
+            with PeakMemory() as memory:
+                index = run_stage("index", spark, ctx)
+                neighbours = run_stage("neighbors", spark, ctx)
+            similar = pq.read_table(
+                ctx.layout.similar_items, columns=["sku_id", "similar_sku_id"]
+            ).to_pandas()
+            recall = exact_recall(category, vectors, None, similar, np.random.default_rng(1))
+            seconds = index.seconds + neighbours.seconds
+            results.append((n, seconds))
+            counts = neighbours.counts
+            print(
+                f"N={n:>9,}: index {index.seconds:6.1f} s ({index.counts['shards']} shards, "
+                f"{index.counts['exact_shards']} exact) + neighbors {neighbours.seconds:6.1f} s "
+                f"= {seconds:6.1f} s; peak memory {memory.peak / 2**30:.2f} GiB; "
+                f"recall@{K} {recall:.4f} (exact answers of {RECALL_SAMPLE} sampled SKUs); "
+                f"stage's estimate {counts.get('recall_at_k')} (min shard "
+                f"{counts.get('recall_at_k_min')}); {counts['skus_with_full_k']:,} of "
+                f"{counts['skus']:,} SKUs with {K}"
+            )
+            shutil.rmtree(ctx.layout.work / "index", ignore_errors=True)
+        for (n0, s0), (n1, s1) in zip(results, results[1:], strict=False):
+            exponent = np.log(s1 / s0) / np.log(n1 / n0)
+            print(
+                f"  {n0:,} -> {n1:,}: time x{s1 / s0:.2f} for N x{n1 / n0:.1f} (~N^{exponent:.2f})"
+            )
+
+        ours = dict(results)
+        for n in args.brute_sizes:
+            ctx = RunContext(config, dt.date(2027, 1, 1) + dt.timedelta(days=n % 1000))
+            category, vectors = synthetic_vectors(n)
+            shutil.rmtree(ctx.layout.work, ignore_errors=True)
+            write_run(ctx.layout.work, category, vectors)
+            if n not in ours:
+                index = run_stage("index", spark, ctx)
+                neighbours = run_stage("neighbors", spark, ctx)
+                ours[n] = index.seconds + neighbours.seconds
+            seconds = brute_force(spark, ctx.layout.embeddings, args.brute_cap)
+            if seconds is None:
+                print(
+                    f"brute force N={n:,}: did not finish in {args.brute_cap:.0f} s "
+                    f"(ours {ours[n]:.1f} s: more than {args.brute_cap / ours[n]:.0f}x faster); "
+                    "larger sizes not tried"
+                )
+                break
+            print(
+                f"brute force N={n:,}: {seconds:.1f} s; ours {ours[n]:.1f} s: "
+                f"{seconds / ours[n]:.1f}x faster"
+            )
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
