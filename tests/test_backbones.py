@@ -17,6 +17,7 @@ from lookalike.backbones import (
     CHECKPOINT_FORMAT,
     load_embedder,
     resolve_model,
+    rmac,
     select_device,
 )
 from lookalike.config import ModelSettings
@@ -187,3 +188,31 @@ def test_gpu_mixed_precision_vectors_match_the_cpu():
     assert gpu.device.type == "cuda"
     cosines = (gpu.embed(pictures) * on_cpu).sum(dim=1).numpy()
     assert np.all(cosines > 0.999)
+
+
+def test_rmac_sums_normalised_region_maxima_at_three_scales():
+    """Hand-computed on a 2-channel 3x3 map: channel 0 is hot at the top-left pixel only,
+    channel 1 is 1 everywhere. The whole map, the top-left 2x2 region and the top-left pixel
+    see (1, 1); the three other 2x2 regions and eight other pixels see (0, 1)."""
+    maps = torch.zeros(1, 2, 3, 3)
+    maps[0, 0, 0, 0] = 1.0
+    maps[0, 1] = 1.0
+    half = 2**-0.5
+    expected = torch.tensor([[3 * half, 3 * half + 3 + 8]])
+    expected = expected / expected.norm()
+    torch.testing.assert_close(rmac(maps), expected)
+    # One level is the global max (MAC), normalised.
+    torch.testing.assert_close(rmac(maps, levels=1), torch.tensor([[half, half]]))
+
+
+def test_embedder_gives_a_descriptor_per_image_from_the_same_pass(pretrained_weights):
+    embedder = load_embedder(ModelSettings())
+    pictures = [Image.new("RGB", (96, 64), colour) for colour in ((200, 30, 30), (30, 30, 200))]
+    tensors = [embedder.prepare(p) for p in pictures]
+    vectors, descriptors = embedder.embed_tensors_with_rmac(tensors)
+    assert vectors.shape == descriptors.shape == (2, 1280)
+    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(vectors, embedder.embed_tensors(tensors))
+    # Batched or alone, each image's descriptor is its own.
+    _, alone = embedder.embed_tensors_with_rmac(tensors[1:])
+    torch.testing.assert_close(alone[0], descriptors[1], atol=1e-5, rtol=1e-4)

@@ -12,6 +12,7 @@ from lookalike.duplicates import (
     CONFIRMED,
     NOT_DUPLICATE,
     apply_decisions,
+    confirmed_by_descriptor,
     connected_components,
     content_hash_pairs,
     duplicate_clusters,
@@ -256,8 +257,7 @@ def test_reviews_drop_not_duplicate_pairs_and_keep_confirmed_ones(spark):
             ("e", "f", CONFIRMED, "ann", dt.datetime(2026, 1, 1)),
             ("c", "d", "maybe", "eve", dt.datetime(2026, 3, 1)),  # not a decision
         ],
-        "sku_id_a string, sku_id_b string, decision string, reviewer string, "
-        "decided_at timestamp",
+        "sku_id_a string, sku_id_b string, decision string, reviewer string, decided_at timestamp",
     )
     decisions_df = latest_decisions(reviews_df)
     got = sorted(tuple(r) for r in apply_decisions(pairs_df, decisions_df).collect())
@@ -285,3 +285,30 @@ def test_similar_items_leave_out_the_skus_own_duplicates(spark):
     )
     # a's copy is gone and the ranks close up; b keeps both (a and a-copy are not its own).
     assert got == [("a", 1, "b"), ("a", 2, "c"), ("b", 1, "a"), ("b", 2, "a-copy")]
+
+
+def test_neighbour_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
+    """Candidates come from the embedding; the R-MAC descriptor decides and gives the score.
+    b and c are both close neighbours of a; only b's descriptor says it is the same photo."""
+    rows = [
+        ("a", _unit(1, 0.1), _unit(1, 0)),
+        ("b", _unit(1, 0.2), _unit(1, 0.2)),  # a cropped copy: descriptors 0.98 alike
+        ("c", _unit(1, 0.15), _unit(1, 0.6)),  # another shirt: descriptors 0.86 alike
+    ]
+    embeddings_df = spark.createDataFrame(
+        [(s, f"h{s}", v, r, None, None) for s, v, r in rows],
+        "sku_id string, content_hash string, embedding array<float>, rmac array<float>, "
+        "phash long, phash_mirrored long",
+    )
+    candidates_df = spark.createDataFrame(
+        [("a", "b", 0.99, "embedding"), ("a", "c", 0.99, "embedding")], PAIRS
+    )
+    confirmed = confirmed_by_descriptor(candidates_df, embeddings_df, min_similarity=0.94)
+    got = {(r.sku_id_a, r.sku_id_b): (r.score, r.evidence) for r in confirmed.collect()}
+    assert set(got) == {("a", "b")}
+    assert got[("a", "b")][0] == pytest.approx(_cos(rows[0][2], rows[1][2]), abs=1e-6)
+    assert got[("a", "b")][1] == "embedding"
+    # Embeddings without descriptors (synthetic ones) are compared on the vector itself.
+    plain_df = embeddings_df.drop("rmac")
+    plain = confirmed_by_descriptor(candidates_df, plain_df, min_similarity=0.94).collect()
+    assert {(r.sku_id_a, r.sku_id_b) for r in plain} == {("a", "b"), ("a", "c")}

@@ -72,12 +72,20 @@ def test_udf_vectors_equal_the_library_call_and_bad_images_are_rejects(
         embedder,
         ImageLimits(embed.max_image_bytes, embed.max_image_pixels),
     )
-    for name, expected in zip(names, direct["embedding"], strict=True):
+    for name, expected, expected_rmac in zip(
+        names, direct["embedding"], direct["rmac"], strict=True
+    ):
         vector = np.asarray(got[name].embedding)
         assert vector.shape == (1280,)
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(vector, expected, atol=1e-5)
         assert got[name].model_id == embedder.model_id
+        # The duplicate descriptor of the same forward pass: unit length, not the vector.
+        descriptor = np.asarray(got[name].rmac)
+        assert descriptor.shape == (1280,)
+        assert np.linalg.norm(descriptor) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(descriptor, expected_rmac, atol=1e-5)
+        assert float(np.dot(descriptor, vector)) < 0.999
     # Identical bytes: identical hash and vector; different photos: different ones.
     assert got["copy"].content_hash == got["red-ellipse"].content_hash
     assert got["copy"].embedding == got["red-ellipse"].embedding

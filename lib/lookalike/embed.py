@@ -43,6 +43,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("content_hash", T.StringType()),
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
+        # The R-MAC duplicate descriptor of the same forward pass (lookalike.backbones.rmac).
+        T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
         T.StructField("reject_reason", T.StringType()),
@@ -57,6 +59,7 @@ EMBEDDINGS_COLUMNS = (
     "content_hash",
     "model_id",
     "embedding",
+    "rmac",
     "phash",
     "phash_mirrored",
     "embedded_at",
@@ -142,14 +145,17 @@ def embed_uris(
         rows: list[tuple] = []
         for batch in _batches(loaded, embedder.batch_size):
             good = [item for item in batch if not isinstance(item, ImageRejected)]
-            vectors = iter(embedder.embed_tensors([tensor for _, tensor in good]).numpy())
+            vectors, descriptors = embedder.embed_tensors_with_rmac([t for _, t in good])
+            outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
             for item in batch:
                 if isinstance(item, ImageRejected):
-                    rows.append((None, None, None, None, None, item.reason, item.detail))
+                    rows.append((None, None, None, None, None, None, item.reason, item.detail))
                 else:
                     (digest, phash, mirrored), _ = item
-                    vector = next(vectors)
-                    rows.append((digest, embedder.model_id, vector, phash, mirrored, None, None))
+                    vector, descriptor = next(outputs)
+                    rows.append(
+                        (digest, embedder.model_id, vector, descriptor, phash, mirrored, None, None)
+                    )
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -228,6 +234,7 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         F.col("embedded.content_hash").alias("content_hash"),
         F.col("embedded.model_id").alias("model_id"),
         F.col("embedded.embedding").alias("embedding"),
+        F.col("embedded.rmac").alias("rmac"),
         F.col("embedded.phash").alias("phash"),
         F.col("embedded.phash_mirrored").alias("phash_mirrored"),
         F.current_timestamp().alias("embedded_at"),
@@ -274,7 +281,7 @@ def reuse_stored_vectors(
         F.col("hashed.content_hash").alias("content_hash"),
     )
     reused_df = stored.select(
-        *keys, "model_id", "embedding", "phash", "phash_mirrored", "embedded_at"
+        *keys, "model_id", "embedding", "rmac", "phash", "phash_mirrored", "embedded_at"
     ).join(F.broadcast(readable.select(*keys, "category", "is_active")), keys)
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df

@@ -330,11 +330,15 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             max_bucket=settings.phash_max_bucket,
             min_similarity=settings.phash_min_similarity,
         ),
-        duplicates.embedding_pairs(
-            manifest_df,
+        duplicates.confirmed_by_descriptor(
+            duplicates.embedding_pairs(
+                manifest_df,
+                min_similarity=settings.candidate_min_similarity,
+                candidates=settings.candidates_per_sku,
+                search_k=ctx.config.index.search_k,
+            ),
+            embeddings_df,
             min_similarity=settings.min_similarity,
-            candidates=settings.candidates_per_sku,
-            search_k=ctx.config.index.search_k,
         ),
     )
     pairs_df = duplicates.apply_decisions(evidence_df, decisions_df)
