@@ -168,6 +168,12 @@ class MismatchSettings(_Section):
     reference_per_category: int = Field(default=100, ge=2, le=10_000)
 
 
+class PublishSettings(_Section):
+    # Who writes the Delta tables: delta-rs on the driver (no JARs needed), delta-spark on
+    # the executors (needs the Delta JARs), or auto: delta-spark where the JARs are.
+    writer: Literal["auto", "delta-rs", "delta-spark"] = "auto"
+
+
 class GateSettings(_Section):
     """Quality gates checked before publishing (lookalike.quality); any failure publishes
     nothing and exits with code 3."""
@@ -198,6 +204,7 @@ class Config(_Section):
     neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
     duplicates: DuplicatesSettings = Field(default_factory=DuplicatesSettings)
     mismatches: MismatchSettings = Field(default_factory=MismatchSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     # The folder relative paths are resolved against (the config file's folder).
     base_dir: str = "."

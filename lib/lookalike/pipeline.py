@@ -445,7 +445,8 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
 
 
 def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
-    """Write every table with delta-rs, one commit each, then the run's ``runs`` record."""
+    """Write every table with the configured writer (delta-rs, or delta-spark where the Delta
+    JARs are), one commit each, then the run's ``runs`` record (delta-rs: one small row)."""
     layout = ctx.layout
     # Tables that keep every run's rows replace only this run's; the others are the
     # current state and are replaced whole.
@@ -462,20 +463,18 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         for folder in folders:
             if not folder.exists():
                 raise FileNotFoundError(f"{folder} does not exist: run its stage before publish")
+    writer = tables.table_writer(ctx.config.publish.writer, spark)
+    log.info("publish: tables written with %s", writer.name)
     gate_results = _check_gates(spark, ctx)
     counts: dict[str, int] = {}
     versions: dict[str, int] = {}
     for name, (folders, per_run) in sources.items():
         if per_run:
-            # Small tables keeping every run's rows: this run's rows replaced in one commit.
-            versions[name] = tables.write_table(
-                layout.table(name),
-                tables.parquet_reader(folders),
-                replace_where=f"run_id = '{ctx.run_id}'",
-            )
+            # Tables keeping every run's rows: this run's rows replaced in one commit.
+            versions[name] = writer.replace_run(layout.table(name), folders, ctx.run_id)
         else:
-            # The run's files, staged inside the table and added by one atomic commit.
-            versions[name] = tables.publish_files(layout.table(name), folders)
+            # The whole table replaced by the run's files in one atomic commit.
+            versions[name] = writer.replace(layout.table(name), folders)
         counts[name] = tables.count_rows(layout.table(name), ctx.run_id if per_run else None)
         log.info("published %s: version %d, %d rows", name, versions[name], counts[name])
         faults.point(f"publish.after.{name}")
@@ -599,6 +598,8 @@ def read_stats(layout: RunLayout) -> dict[str, dict]:
 
 
 def run_nightly(spark: SparkSession, ctx: RunContext) -> list[StageResult]:
+    # A writer that cannot run here fails now, not after a night of embedding.
+    tables.table_writer(ctx.config.publish.writer, spark)
     # Stale stats of an earlier try of this date must not leak into this run's record.
     for stage in STAGES:
         ctx.layout.stats(stage).unlink(missing_ok=True)

@@ -1,6 +1,7 @@
-"""Delta tables, written with delta-rs (no JVM, no Delta JARs needed), one commit per write.
+"""Delta tables, written with delta-rs (no JVM, no Delta JARs needed) or, on clusters with the
+Delta JARs, delta-spark; one commit per write.
 
-Two ways in:
+With delta-rs (``DeltaRsWriter``, the default) there are two ways in:
 - ``publish_files``: a stage's Parquet files are linked (or copied) into a staging folder
   inside the table, then one atomic commit replaces the table's contents with them. No row
   passes through the driver, whatever the table's size; a process killed before the commit
@@ -8,6 +9,10 @@ Two ways in:
   deletes (``clean_stale_staging``).
 - ``write_table``: data streamed batch by batch into a commit (the driver holds one record
   batch at a time), for the small per-run tables and a table's first version.
+
+``DeltaSparkWriter`` writes the same tables through Spark's ``format("delta")`` (each write one
+Delta commit made by the executors), chosen by ``publish.writer`` or automatically where the
+session has the JARs. Readers see the same tables either way; delta-rs reads them back.
 """
 
 from __future__ import annotations
@@ -145,3 +150,89 @@ def clean_stale_staging(table: Path) -> list[str]:
     if removed:
         log.info("%s: removed stale staging folders %s", table.name, removed)
     return removed
+
+
+# --- writers: delta-rs everywhere, delta-spark where the cluster has the Delta JARs ------------
+
+DELTA_SPARK_CLASS = "io.delta.tables.DeltaTable"
+
+
+class WriterUnavailable(RuntimeError):
+    """The configured table writer cannot run in this Spark session."""
+
+
+def delta_spark_available(spark) -> bool:
+    """Whether this Spark session has the Delta Lake JARs (delta-spark's JVM classes).
+
+    The ``delta-spark`` wheel holds no JARs: a cluster adds them with ``--packages`` or in
+    its image. Without them a ``format("delta")`` write fails, so the writer is chosen first.
+    """
+    try:
+        loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass(DELTA_SPARK_CLASS)
+    except Exception:  # noqa: BLE001 - py4j raises Py4JJavaError; no JVM view raises others
+        return False
+    return True
+
+
+class DeltaRsWriter:
+    """delta-rs on the driver: the run's Parquet files staged and committed at once."""
+
+    name = "delta-rs"
+
+    def replace(self, table: Path, folders: Sequence[Path]) -> int:
+        return publish_files(table, folders)
+
+    def replace_run(self, table: Path, data: Sequence[Path] | pa.Table, run_id: str) -> int:
+        reader = data if isinstance(data, pa.Table) else parquet_reader(data)
+        return write_table(table, reader, replace_where=f"run_id = '{run_id}'")
+
+
+class DeltaSparkWriter:
+    """delta-spark on the executors: each write is one Delta commit made by Spark."""
+
+    name = "delta-spark"
+
+    def __init__(self, spark) -> None:
+        if not delta_spark_available(spark):
+            raise WriterUnavailable(
+                "publish.writer delta-spark: the Delta Lake JARs are not on this Spark "
+                f"session's classpath ({DELTA_SPARK_CLASS} not found); add them, e.g. "
+                "--packages io.delta:delta-spark_2.13:4.4.1, or use publish.writer: delta-rs"
+            )
+        self.spark = spark
+
+    def _version(self, table: Path) -> int:
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        history = SparkDeltaTable.forPath(self.spark, str(table)).history(1)
+        return int(history.first()["version"])
+
+    def replace(self, table: Path, folders: Sequence[Path]) -> int:
+        df = self.spark.read.parquet(*[str(f) for f in folders])
+        df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
+            str(table)
+        )
+        return self._version(table)
+
+    def replace_run(self, table: Path, data: Sequence[Path] | pa.Table, run_id: str) -> int:
+        if isinstance(data, pa.Table):
+            df = self.spark.createDataFrame(data.to_pandas())
+        else:
+            df = self.spark.read.parquet(*[str(f) for f in data])
+        (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", f"run_id = '{run_id}'")
+            .option("mergeSchema", "true")
+            .save(str(table))
+        )
+        return self._version(table)
+
+
+def table_writer(setting: str, spark) -> DeltaRsWriter | DeltaSparkWriter:
+    """The writer ``publish.writer`` names; ``auto``: delta-spark where the JARs are, else
+    delta-rs (the tables are the same Delta tables either way)."""
+    if setting == "delta-rs" or (setting == "auto" and not delta_spark_available(spark)):
+        return DeltaRsWriter()
+    return DeltaSparkWriter(spark)
