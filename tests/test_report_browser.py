@@ -59,10 +59,40 @@ def test_report_loads_without_console_errors_and_shows_the_clusters(tmp_path):
             _member("dup-exact", "s-2", "s-1", red, 1.0),
         ]
     )
-    paths = write_duplicate_report(members, tmp_path / "report", run_id="2026-11-23")
+    green = _photo(tmp_path / "green.jpg", (30, 200, 30))
+    mismatches = pd.DataFrame(
+        [
+            {
+                "sku_id": "s-9",
+                "category": "mugs",
+                "suggested_category": "plates",
+                "suggested_share": 0.9,
+                "own_share": 0.0,
+                "suggested_score": 0.81,
+                "own_best_score": 0.42,
+                "neighbour_sku_ids": ["p-1", "p-2"],
+                "neighbour_categories": ["plates", "plates"],
+                "title": HOSTILE,
+                "image_uri": green,
+                "run_id": "2026-11-23",
+            }
+        ]
+    )
+    paths = write_duplicate_report(
+        members, tmp_path / "report", run_id="2026-11-23", mismatches=mismatches
+    )
     page = open_page(
         file_url(paths.html),
-        selectors=(".cluster .id", ".member .sku", ".member .title", "script", ".badge.canonical"),
+        selectors=(
+            ".cluster .id",
+            ".member .sku",
+            ".member .title",
+            "script",
+            ".badge.canonical",
+            ".mismatch .sku",
+            ".mismatch .suggested",
+            ".mismatch .title",
+        ),
     )
     assert page.errors == []
     # Most confident first; every listing with its id; the seller's markup shown as text.
@@ -71,6 +101,10 @@ def test_report_loads_without_console_errors_and_shows_the_clusters(tmp_path):
     assert HOSTILE in page.texts[".member .title"]
     assert page.texts["script"] == []
     assert len(page.texts[".badge.canonical"]) == 2
+    # The category-mismatch section: the listing, the suggested category, the title as text.
+    assert page.texts[".mismatch .sku"] == ["s-9", "p-1 (plates), p-2 (plates)"]
+    assert page.texts[".mismatch .suggested"] == ["plates"]
+    assert page.texts[".mismatch .title"] == [HOSTILE]
     shot = Image.open(io.BytesIO(page.screenshot))
     assert shot.format == "PNG" and shot.width >= 1000
     (tmp_path / "report" / "screenshot.png").write_bytes(page.screenshot)
