@@ -96,6 +96,14 @@ def embeddings_df(spark, catalog):
     return spark.createDataFrame(rows, EMBEDDINGS_SCHEMA)
 
 
+@pytest.fixture(scope="module")
+def mixed(embeddings_df, tmp_path_factory) -> pd.DataFrame:
+    """Sub-shards of 70 at most; those of at most 60 exact, the others Annoy (read only)."""
+    return build(
+        embeddings_df, tmp_path_factory.mktemp("mixed"), max_shard_size=70, exact_max_size=60
+    )
+
+
 def build(embeddings_df, folder: Path, **settings) -> pd.DataFrame:
     """The manifest (pandas) of an index built on Spark with these settings."""
     manifest_df = build_category_indexes(
@@ -167,8 +175,8 @@ def test_answers_equal_the_brute_force_top_k(
     assert found == brute_force_top_k(catalog, K), layout
 
 
-def test_sub_shards_split_large_categories_into_equal_parts(embeddings_df, tmp_path):
-    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=60)
+def test_sub_shards_split_large_categories_into_equal_parts(mixed):
+    manifest = mixed
     by_category = manifest.groupby("category")
     assert by_category["n_parts"].first().to_dict() == {"bags": 2, "hats": 1, "shoes": 4}
     assert by_category["n_items"].sum().to_dict() == {"bags": 90, "hats": 30, "shoes": 240}
@@ -186,10 +194,8 @@ def test_sub_shards_split_large_categories_into_equal_parts(embeddings_df, tmp_p
         assert row.projection == "none"
 
 
-def test_no_self_inactive_other_category_or_own_duplicate_in_any_answer(
-    spark, embeddings_df, catalog, tmp_path
-):
-    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=60)
+def test_no_self_inactive_other_category_or_own_duplicate_in_any_answer(spark, catalog, mixed):
+    manifest = mixed
     clusters = [("dup-shoes", "shoes-000"), ("dup-shoes", "shoes-001")]
     clusters += [("dup-bags", "bags-000"), ("dup-bags", "bags-001")]
     rows, found = answers(spark, manifest, search_k=-1, clusters=clusters)
@@ -222,10 +228,8 @@ def test_own_duplicates_removed_and_the_rest_equal_brute_force(
     assert found.to_dict() == brute_force_top_k(catalog, K, exclude=excluded)
 
 
-def test_scores_are_cosine_and_equal_scores_read_in_sku_id_order(
-    spark, embeddings_df, catalog, tmp_path
-):
-    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=60)
+def test_scores_are_cosine_and_equal_scores_read_in_sku_id_order(spark, catalog, mixed):
+    manifest = mixed
     rows, _ = answers(spark, manifest)
     vectors = dict(zip(catalog["sku_id"], catalog["embedding"], strict=True))
     expected = [
@@ -248,8 +252,8 @@ def test_scores_are_cosine_and_equal_scores_read_in_sku_id_order(
 # --- duplicates across sub-shards ------------------------------------------------------------
 
 
-def test_near_duplicate_pairs_are_found_across_sub_shards(spark, embeddings_df, catalog, tmp_path):
-    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=60)
+def test_near_duplicate_pairs_are_found_across_sub_shards(spark, catalog, mixed):
+    manifest = mixed
     part_of = {}
     for row in manifest.itertuples():
         for sku_id in pd.read_parquet(row.ids_path)["sku_id"]:
@@ -281,8 +285,12 @@ def test_two_builds_give_byte_identical_files(embeddings_df, tmp_path):
         assert Path(a.ids_path).read_bytes() == Path(b.ids_path).read_bytes()
 
 
-@pytest.mark.parametrize("kind_settings", [{"exact_max_size": 0}, {"exact_max_size": 10_000}])
-@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+# Every kind x damage is tested on Shard.open in test_index.py; here through Spark, as the
+# stage meets it.
+@pytest.mark.parametrize(
+    ("kind_settings", "damage"),
+    [({"exact_max_size": 0}, "corrupt"), ({"exact_max_size": 10_000}, "missing")],
+)
 def test_a_broken_shard_file_fails_the_query_naming_the_shard(
     spark, embeddings_df, tmp_path, kind_settings, damage
 ):
