@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -551,13 +552,14 @@ def map_shard_pairs(
             for q_text, t_text in zip(batch["query"], batch["target"], strict=True):
                 query_row, target_row = _decode(q_text), _decode(t_text)
                 target = Shard.open(target_row)
-                source = target if query_row["shard_id"] == target_row["shard_id"] else None
+                source = target
                 try:
-                    source = source or Shard.open(query_row)
+                    if query_row["shard_id"] != target_row["shard_id"]:
+                        source = Shard.open(query_row)
                     yield query(source, target)
                 finally:
                     target.close()
-                    if source is not None and source is not target:
+                    if source is not target:
                         source.close()
 
     return pairs_df.mapInPandas(run, schema=schema)
@@ -580,14 +582,10 @@ def map_shards(manifest_df: DataFrame, query, schema: T.StructType) -> DataFrame
 
 
 def _encode(row: dict) -> str:
-    import json
-
     return json.dumps(row, sort_keys=True, default=str)
 
 
 def _decode(text: str) -> dict:
-    import json
-
     return json.loads(text)
 
 
