@@ -114,12 +114,12 @@ class IndexSettings(_Section):
     exact_max_size: int = Field(default=50_000, ge=0)
     # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
     # principal axes kept (fitted on a sample of the run's vectors). Off by default: on real
-    # photos 256 axes kept same-category precision (0.762 vs 0.763) with 9x faster queries
+    # photos 256 axes kept same-category precision (0.768 either way) with 2x faster queries
     # and a 4x smaller index, but centring moves the cosines that duplicates.min_similarity
     # is calibrated on (benchmarks/pca_real.py).
     pca_dim: int = Field(default=0, ge=0, le=4096)
     # Scale each kept axis to unit variance (whitening) before the vectors are normalised:
-    # on real photos it cost same-category precision (0.762 -> 0.665 at 256 axes).
+    # on real photos it cost same-category precision (0.768 -> 0.725 at 256 axes).
     pca_whiten: bool = False
     # Vectors sampled to fit the projection.
     pca_sample: int = Field(default=20_000, ge=100)
