@@ -138,7 +138,7 @@ def main() -> None:
         )
         spark = build_session(config)
         index = run_stage("index", spark, ctx)
-        print(f"index stage (Annoy per category, not duplicates work): {index.seconds:.0f} s")
+        print(f"index stage (shards per category, not duplicates work): {index.seconds:.0f} s")
         result = run_stage("duplicates", spark, ctx)
         print(f"duplicates stage: {result.seconds:.0f} s on {args.cores} cores  {result.counts}")
         pairs = pq.read_table(ctx.layout.duplicate_pairs).to_pandas()

@@ -115,8 +115,8 @@ class IndexSettings(_Section):
     # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
     # principal axes kept (fitted on a sample of the run's vectors). Off by default: on real
     # photos 256 axes kept same-category precision (0.768 either way) with 2x faster queries
-    # and a 4x smaller index, but centring moves the cosines that duplicates.min_similarity
-    # is calibrated on (benchmarks/pca_real.py).
+    # and a 4x smaller index, but centring moves the cosines that
+    # duplicates.candidate_min_similarity is calibrated on (benchmarks/pca_real.py).
     pca_dim: int = Field(default=0, ge=0, le=4096)
     # Scale each kept axis to unit variance (whitening) before the vectors are normalised:
     # on real photos it cost same-category precision (0.768 -> 0.725 at 256 axes).
@@ -140,6 +140,9 @@ class DuplicatesSettings(_Section):
     # embeddings (similar items' vectors) a candidate needs.
     candidates_per_sku: int = Field(default=10, ge=1, le=1000)
     candidate_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Annoy's search effort for those candidates (-1: its default, n_trees x n nodes). A
+    # near-copy is among the very nearest, found without the effort similar items need.
+    search_k: int = Field(default=-1, ge=-1)
     # Perceptual hashes (64 bits) at most this many bits apart are near-duplicates.
     phash_max_distance: int = Field(default=6, ge=0, le=32)
     # A pHash band value shared by more photos than this (blank or placeholder images) makes

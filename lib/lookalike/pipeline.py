@@ -335,7 +335,7 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
                 manifest_df,
                 min_similarity=settings.candidate_min_similarity,
                 candidates=settings.candidates_per_sku,
-                search_k=ctx.config.index.search_k,
+                search_k=settings.search_k,
             ),
             embeddings_df,
             min_similarity=settings.min_similarity,
