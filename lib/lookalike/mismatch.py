@@ -81,6 +81,7 @@ class References:
     def __init__(self, rows: pd.DataFrame) -> None:
         rows = rows.sort_values(["category", "sku_id"], kind="stable").reset_index(drop=True)
         self.sku_ids = rows["sku_id"].to_numpy(dtype=object)
+        self.position = {sku_id: i for i, sku_id in enumerate(self.sku_ids)}
         self.categories = rows["category"].to_numpy(dtype=object)
         self.vectors = (
             np.stack(rows["embedding"].to_numpy()).astype(np.float32)
@@ -101,8 +102,11 @@ def flag_batch(
         return pd.DataFrame(out)
     queries = np.stack(batch["embedding"].to_numpy()).astype(np.float32)
     scores = queries @ refs.vectors.T
-    # A listing in the sample is no evidence about itself.
-    scores[batch["sku_id"].to_numpy(dtype=object)[:, None] == refs.sku_ids[None, :]] = -np.inf
+    # A listing in the sample is no evidence about itself (a lookup per listing, not a
+    # batch x sample comparison of strings).
+    for row, sku_id in enumerate(batch["sku_id"]):
+        if (position := refs.position.get(sku_id)) is not None:
+            scores[row, position] = -np.inf
     k = settings.k
     nearest = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     for row, (sku_id, category, model_id) in enumerate(
