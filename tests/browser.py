@@ -146,5 +146,5 @@ def _devtools_port(process: subprocess.Popen, timeout: float = 30) -> int:
     raise RuntimeError("chromium did not start its DevTools endpoint")
 
 
-def file_url(path: Path) -> str:
-    return path.resolve().as_uri()
+def file_url(path: os.PathLike[str]) -> str:
+    return Path(path).resolve().as_uri()

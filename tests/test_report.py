@@ -18,6 +18,7 @@ from lookalike.report import (
     ReportPaths,
     write_duplicate_report,
 )
+from lookalike.storage import Location
 
 HOSTILE_TITLE = '<script>alert(1)</script>&"x"'
 MESSY_TITLE = 'Mug, blue, 12 oz "large"\nsecond line, with comma'
@@ -123,9 +124,9 @@ def test_writes_every_file_and_returns_their_paths(members: pd.DataFrame, tmp_pa
     out = tmp_path / "reports" / RUN_ID
     paths = write_duplicate_report(members, out, run_id=RUN_ID)
     assert paths == ReportPaths(
-        html=out / "duplicates.html",
-        csv=out / "duplicates.csv",
-        mismatches_csv=out / "category_mismatches.csv",
+        html=Location.of(out / "duplicates.html"),
+        csv=Location.of(out / "duplicates.csv"),
+        mismatches_csv=Location.of(out / "category_mismatches.csv"),
     )
     assert paths.html.is_file() and paths.csv.is_file()
     # No mismatch given: the section says so, and its CSV is a header.

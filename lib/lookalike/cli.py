@@ -46,7 +46,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="the run's logical date, YYYY-MM-DD (default: today, UTC)",
     )
     parser.add_argument("--catalog", help="catalog CSV or Parquet; overrides catalog.path")
-    parser.add_argument("--output", help="output root folder; overrides output.root")
+    parser.add_argument("--output", help=OUTPUT_HELP)
+
+
+OUTPUT_HELP = "output root, a folder or a URI (s3a://bucket/lookalike); overrides output.root"
 
 
 def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
@@ -66,7 +69,7 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     review.add_argument("decision", choices=("not_duplicate", "confirmed"))
     review.add_argument("--reviewer", help="who decided (kept with the decision)")
     review.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
-    review.add_argument("--output", help="output root folder; overrides output.root")
+    review.add_argument("--output", help=OUTPUT_HELP)
     rollback = commands.add_parser(
         "rollback", help="restore published tables to what an earlier run (or version) held"
     )
@@ -75,15 +78,15 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     target.add_argument("--to-version", type=int, help="a version of --table to restore")
     rollback.add_argument("--table", help="one table (default: every table a run replaces)")
     rollback.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
-    rollback.add_argument("--output", help="output root folder; overrides output.root")
+    rollback.add_argument("--output", help=OUTPUT_HELP)
     record = commands.add_parser("run-record", help="print a run's record (status, gates, counts)")
     record.add_argument("run_id")
     record.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
-    record.add_argument("--output", help="output root folder; overrides output.root")
+    record.add_argument("--output", help=OUTPUT_HELP)
     similar = commands.add_parser("similar", help="print a SKU's published similar items")
     similar.add_argument("sku_id")
     similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
-    similar.add_argument("--output", help="output root folder; overrides output.root")
+    similar.add_argument("--output", help=OUTPUT_HELP)
     for name, (_, text) in TOOLS.items():
         commands.add_parser(name, help=f"{text} (lookalike {name} --help)", add_help=False)
     return parser
@@ -92,12 +95,17 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
 def _config_from(args: argparse.Namespace) -> Config:
     config = load_config(args.conf)
     overrides: dict[str, dict] = {}
-    # Paths given on the command line are relative to where the command runs.
+    # Paths given on the command line are relative to where the command runs; URIs
+    # (s3a://bucket/lookalike) are taken as they are.
     if getattr(args, "catalog", None):
-        overrides["catalog"] = {"path": str(Path(args.catalog).resolve())}
+        overrides["catalog"] = {"path": _absolute(args.catalog)}
     if args.output:
-        overrides["output"] = {"root": str(Path(args.output).resolve())}
+        overrides["output"] = {"root": _absolute(args.output)}
     return config.with_overrides(**overrides) if overrides else config
+
+
+def _absolute(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
 
 
 def _configure_logging() -> None:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lookalike.storage import Location
+
 
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable or names a bad setting."""
@@ -219,8 +221,9 @@ class Config(_Section):
         return str((Path(self.base_dir) / path).resolve())
 
     @property
-    def output_root(self) -> Path:
-        return Path(self.resolve(self.output.root))
+    def output_root(self) -> Location:
+        """Where outputs go: a local folder or a URI on object storage (``s3a://...``)."""
+        return Location.of(self.resolve(self.output.root))
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """A copy with some settings replaced, validated like the file (used by the CLI)."""

@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike.config import IndexSettings, ModelSettings
+from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -579,7 +580,9 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def record_evaluation(table: str | Path, evaluation: Evaluation, run_id: str | None = None) -> int:
+def record_evaluation(
+    table: str | Path | Location, evaluation: Evaluation, run_id: str | None = None
+) -> int:
     """Add the evaluation's row to the ``model_evaluations`` Delta table; returns its version.
 
     Without a run id the row is appended (a history of manual evaluations). With one, a rerun
@@ -602,7 +605,7 @@ def record_evaluation(table: str | Path, evaluation: Evaluation, run_id: str | N
         )
         write_deltalake(path, row, mode="overwrite", predicate=predicate)
     else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Location.of(path).parent.mkdir()
         write_deltalake(path, row, mode="append")
     return DeltaTable(path).version()
 
@@ -770,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     if not args.no_record:
         table = (
-            Path(args.table)
+            Location.of(args.table)
             if args.table
             else RunLayout(config.output_root, "").table("model_evaluations")
         )

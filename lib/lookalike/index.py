@@ -29,6 +29,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from pyspark.sql import types as T
 
 from lookalike import faults
 from lookalike.config import IndexSettings
-from lookalike.files import file_sha256
+from lookalike.storage import ChecksumMismatch, Location
 
 METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
 ANNOY, EXACT = "annoy", "exact"
@@ -131,16 +133,14 @@ class Projection:
     def fingerprint(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
 
-    def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"projection-{self.fingerprint}.npz"
-        path.with_suffix(".partial").write_bytes(self.to_bytes())
-        os.replace(path.with_suffix(".partial"), path)
+    def save(self, folder: Path | Location) -> Location:
+        path = Location.of(folder) / f"projection-{self.fingerprint}.npz"
+        path.write_bytes(self.to_bytes())
         return path
 
     @classmethod
-    def load(cls, path: Path) -> Projection:
-        with np.load(path, allow_pickle=False) as data:
+    def load(cls, path: Path | Location) -> Projection:
+        with np.load(io.BytesIO(Location.of(path).read_bytes()), allow_pickle=False) as data:
             return cls(data["mean"], data["components"], data["scale"], str(data["model_id"]))
 
 
@@ -204,19 +204,53 @@ def build_shard(
     members: pd.DataFrame,
     *,
     shard_id: str,
-    index_dir: Path,
+    index_dir: Path | Location,
     settings: IndexSettings,
     kind: str = ANNOY,
     projection: Projection | None = None,
 ) -> dict:
-    """Build and save one shard from rows (sku_id, is_active, embedding)."""
+    """Build and save one shard from rows (sku_id, is_active, embedding).
+
+    The files are built on local disk (Annoy writes and maps only local files): in
+    ``index_dir`` itself when it is a local folder, else in a scratch folder and then
+    uploaded to object storage.
+    """
     members = members.sort_values("sku_id", kind="stable").reset_index(drop=True)
     vectors = np.stack(members["embedding"].to_numpy()).astype(np.float32)
     vectors = projection.apply(vectors) if projection is not None else _unit_rows(vectors)
+    index_dir = Location.of(index_dir)
+    scratch = None if index_dir.is_local else Path(tempfile.mkdtemp(prefix="lookalike-shard-"))
+    try:
+        built = _save_shard(members, vectors, scratch or index_dir.path, shard_id, settings, kind)
+        path, ids_path = index_dir / built.pop("file"), index_dir / built.pop("ids_file")
+        if scratch is not None:
+            # The id map first: a shard file is never in place without its ids.
+            ids_path.upload(scratch / ids_path.name)
+            path.upload(scratch / path.name)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return built | {
+        "projection": projection.fingerprint if projection is not None else NO_PROJECTION,
+        "path": str(path),
+        "ids_path": str(ids_path),
+    }
+
+
+def _save_shard(
+    members: pd.DataFrame,
+    vectors: np.ndarray,
+    folder: Path,
+    shard_id: str,
+    settings: IndexSettings,
+    kind: str,
+) -> dict:
+    """Write a shard's two files into a local folder; each is written beside and renamed, so
+    a reader never maps a half-written file."""
+    folder.mkdir(parents=True, exist_ok=True)
     dim = vectors.shape[1]
-    index_dir.mkdir(parents=True, exist_ok=True)
     if kind == EXACT:
-        path = index_dir / f"{shard_id}.npy"
+        path = folder / f"{shard_id}.npy"
         with open(str(path) + ".partial", "wb") as out:
             np.save(out, np.ascontiguousarray(vectors))
         faults.point("index.shard_saved")
@@ -227,13 +261,12 @@ def build_shard(
             index.add_item(item_id, vector)
         # One build thread: Annoy's seeded builds are reproducible only for a fixed n_jobs.
         index.build(settings.n_trees, n_jobs=1)
-        path = index_dir / f"{shard_id}.ann"
-        # Written beside, then renamed: a reader never maps a half-written file.
+        path = folder / f"{shard_id}.ann"
         index.save(str(path) + ".partial")
         faults.point("index.shard_saved")
         index.unload()
     os.replace(str(path) + ".partial", path)
-    ids_path = index_dir / f"{shard_id}.ids.parquet"
+    ids_path = folder / f"{shard_id}.ids.parquet"
     ids = pa.table(
         {
             "item_id": pa.array(np.arange(len(members)), pa.int64()),
@@ -249,10 +282,9 @@ def build_shard(
         "n_active": int(members["is_active"].sum()),
         "dim": dim,
         "n_trees": settings.n_trees if kind == ANNOY else 0,
-        "projection": projection.fingerprint if projection is not None else NO_PROJECTION,
-        "path": str(path),
-        "ids_path": str(ids_path),
-        "checksum": file_sha256(path),
+        "file": path.name,
+        "ids_file": ids_path.name,
+        "checksum": Location.of(path).sha256(),
     }
 
 
@@ -276,7 +308,7 @@ def with_parts(embeddings_df: DataFrame, max_shard_size: int) -> DataFrame:
 def build_category_indexes(
     embeddings_df: DataFrame,
     *,
-    index_dir: Path,
+    index_dir: Location,
     settings: IndexSettings,
     run_id: str,
     projection: Projection | None = None,
@@ -342,16 +374,23 @@ class Shard:
             return ShardError(f"shard {row['shard_id']} ({row['category']!r}): {problem}")
 
         kind = row.get("kind", ANNOY)
-        path, ids_path = Path(row["path"]), Path(row["ids_path"])
+        path, ids_path = Location.of(row["path"]), Location.of(row["ids_path"])
         for p in (path, ids_path):
             if not p.exists():
                 raise fail(f"missing {p}")
-        if file_sha256(path) != row["checksum"]:
-            raise fail(f"{path} does not match the manifest checksum (corrupt or overwritten)")
+        corrupt = f"{path} does not match the manifest checksum (corrupt or overwritten)"
+        if path.is_local and path.sha256() != row["checksum"]:
+            raise fail(corrupt)
+        try:
+            # Object storage: fetched once per machine (checked against the checksum) and
+            # memory-mapped from local disk like a local shard.
+            local = path.local_copy(row["checksum"])
+        except ChecksumMismatch:
+            raise fail(corrupt) from None
         index, vectors = None, None
         if kind == EXACT:
             try:
-                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+                vectors = np.load(local, mmap_mode="r", allow_pickle=False)
             except ValueError as err:
                 raise fail(f"{path} is not a vector file: {err}") from None
             n_items = len(vectors)
@@ -359,12 +398,13 @@ class Shard:
                 raise fail(f"{path} holds vectors of shape {vectors.shape}, dim {row['dim']}")
         elif kind == ANNOY:
             index = AnnoyIndex(int(row["dim"]), row["metric"])
-            index.load(str(path))  # memory-mapped, shared by every reader on the machine
+            index.load(str(local))  # memory-mapped, shared by every reader on the machine
             n_items = index.get_n_items()
         else:
             raise fail(f"unknown shard kind {kind!r}")
         try:
-            ids = pq.read_table(ids_path).to_pandas()
+            ids_fs, ids_file = ids_path.arrow()
+            ids = pq.read_table(ids_file, filesystem=ids_fs).to_pandas()
         except (pa.ArrowException, OSError) as err:
             raise fail(f"{ids_path} is unreadable: {err}") from None
         if len(ids) != n_items or len(ids) != row["n_items"]:

@@ -6,12 +6,16 @@
 <root>/reports/<run_id>/     the duplicate-listing report
 <root>/demo_catalog/         the bundled catalog, generated on first use
 ```
+
+``root`` is a local folder or a URI on object storage (``s3a://bucket/lookalike``): every
+place is a ``lookalike.storage.Location``, which Spark and delta-rs take as its address.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from lookalike.storage import Location
 
 # neighbors after duplicates: a SKU's own duplicate listings are no recommendation.
 STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "report", "publish")
@@ -19,62 +23,65 @@ STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "
 
 @dataclass(frozen=True)
 class RunLayout:
-    root: Path
+    root: Location
     run_id: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Location.of(self.root))
+
     @property
-    def work(self) -> Path:
+    def work(self) -> Location:
         return self.root / "runs" / self.run_id
 
     @property
-    def catalog(self) -> Path:
+    def catalog(self) -> Location:
         return self.work / "catalog"
 
-    def rejects(self, stage: str) -> Path:
+    def rejects(self, stage: str) -> Location:
         return self.work / "rejects" / stage
 
     @property
-    def embeddings(self) -> Path:
+    def embeddings(self) -> Location:
         return self.work / "embeddings"
 
     @property
-    def index_dir(self) -> Path:
+    def index_dir(self) -> Location:
         return self.work / "index"
 
     @property
-    def index_manifest(self) -> Path:
+    def index_manifest(self) -> Location:
         return self.work / "index_manifest"
 
     @property
-    def similar_items(self) -> Path:
+    def similar_items(self) -> Location:
         return self.work / "similar_items"
 
     @property
-    def duplicate_pairs(self) -> Path:
+    def duplicate_pairs(self) -> Location:
         return self.work / "duplicate_pairs"
 
     @property
-    def duplicate_clusters(self) -> Path:
+    def duplicate_clusters(self) -> Location:
         return self.work / "duplicate_clusters"
 
     @property
-    def category_mismatches(self) -> Path:
+    def category_mismatches(self) -> Location:
         return self.work / "category_mismatches"
 
-    def stats(self, stage: str) -> Path:
+    def stats(self, stage: str) -> Location:
         return self.work / "stats" / f"{stage}.json"
 
     @property
-    def report_dir(self) -> Path:
+    def report_dir(self) -> Location:
         return self.root / "reports" / self.run_id
 
     @property
-    def tables(self) -> Path:
+    def tables(self) -> Location:
         return self.root / "tables"
 
-    def table(self, name: str) -> Path:
+    def table(self, name: str) -> Location:
         return self.tables / name
 
     @property
-    def demo_catalog(self) -> Path:
+    def demo_catalog(self) -> Location:
         return self.root / "demo_catalog"

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
-from pathlib import Path
 
 import pyarrow as pa
 from deltalake import DeltaTable
@@ -42,6 +40,7 @@ from lookalike import (
 from lookalike.config import Config, ConfigError
 from lookalike.images import ImageLimits
 from lookalike.layout import STAGES, RunLayout
+from lookalike.storage import Location
 
 log = logging.getLogger("lookalike")
 
@@ -66,7 +65,14 @@ class RunContext:
             return self.config.resolve(self.config.catalog.path)
         from lookalike.demo import generate_demo_catalog
 
-        return str(generate_demo_catalog(self.layout.demo_catalog).catalog_path)
+        folder = self.layout.demo_catalog
+        if not folder.is_local:
+            raise ConfigError(
+                f"catalog.path is not set and output.root {self.layout.root} is not a local "
+                "folder: the bundled demo catalog is drawn on local disk, which a cluster's "
+                "executors cannot read; set catalog.path to your catalog"
+            )
+        return str(generate_demo_catalog(folder.path).catalog_path)
 
 
 @dataclass(frozen=True)
@@ -82,14 +88,14 @@ def _counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
     return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
 
 
-def _write(df: DataFrame, path: Path) -> int:
+def _write(df: DataFrame, path: Location) -> int:
     """Write ``df`` as the Parquet folder ``path``; its row count, taken while writing."""
     df, written = _counted(df, path.name)
     df.write.mode("overwrite").parquet(str(path))
     return written.get["rows"]
 
 
-def _read(spark: SparkSession, path: Path, stage: str) -> DataFrame:
+def _read(spark: SparkSession, path: Location, stage: str) -> DataFrame:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: run the stage that writes it before '{stage}'"
@@ -121,10 +127,11 @@ def run_ingest(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
 def _stored_vectors(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
     """The vectors of the latest earlier run, if any (``reuse_stored_vectors`` keeps those of
     the current model)."""
-    earlier = sorted(
-        p.parent.parent.name for p in (ctx.layout.root / "runs").glob("*/embeddings/_SUCCESS")
-    )
-    earlier = [run_id for run_id in earlier if run_id < ctx.run_id]
+    earlier = [
+        run.name
+        for run in (ctx.layout.root / "runs").iterdir()
+        if run.name < ctx.run_id and (run / "embeddings" / "_SUCCESS").exists()
+    ]
     if not earlier:
         return None
     stored_df = spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
@@ -204,7 +211,7 @@ def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     embeddings_df = _read(spark, ctx.layout.embeddings, "index")
     settings = ctx.config.index
     # Shards of an earlier try of this date (a category since gone) must not linger.
-    shutil.rmtree(ctx.layout.index_dir, ignore_errors=True)
+    ctx.layout.index_dir.rmtree()
     projection = None
     if settings.pca_dim:
         projection = index.fit_projection(
@@ -445,7 +452,7 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     layout = ctx.layout
     # Tables that keep every run's rows replace only this run's; the others are the
     # current state and are replaced whole.
-    sources: dict[str, tuple[list[Path], bool]] = {
+    sources: dict[str, tuple[list[Location], bool]] = {
         "catalog": ([layout.catalog], False),
         "rejects": ([layout.rejects("ingest"), layout.rejects("embed")], True),
         "embeddings": ([layout.embeddings], False),
@@ -576,9 +583,9 @@ def run_stage(stage: str, spark: SparkSession, ctx: RunContext) -> StageResult:
     started = time.perf_counter()
     counts = STAGE_FUNCTIONS[stage](spark, ctx)
     result = StageResult(stage, counts, time.perf_counter() - started)
-    path = ctx.layout.stats(stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"counts": counts, "seconds": result.seconds}, sort_keys=True))
+    ctx.layout.stats(stage).write_text(
+        json.dumps({"counts": counts, "seconds": result.seconds}, sort_keys=True)
+    )
     log.info("stage %s: done in %.1f s %s", stage, result.seconds, counts)
     return result
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from lookalike.evaluate import (
 )
 from lookalike.files import file_sha256
 from lookalike.labelled import LabelledSetError, read_labelled_images
+from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,14 @@ def decide(
 
 
 def write_state(
-    path: str | Path,
+    path: str | Path | Location,
     checkpoint: str,
     candidate: Evaluation,
     current: Evaluation,
     decision: Decision,
-) -> Path:
+) -> Location:
     """The promotion state file: what is live now, why, and what it replaced (atomic write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Location.of(path)
     state = {
         "promoted_at": datetime.now(UTC).isoformat(),
         "model_id": candidate.model_id,
@@ -109,9 +108,7 @@ def write_state(
         "replaced": {"model_id": current.model_id, "value": decision.current},
         "evaluated_on": {"dataset": current.dataset, "split": current.split},
     }
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(partial, path)
+    path.write_text(json.dumps(state, indent=2) + "\n")
     return path
 
 
@@ -171,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = RunLayout(config.output_root, "")
     if args.output:
         write_report([evaluations["current"], evaluations["candidate"]], args.output)
-    table = Path(args.table) if args.table else layout.table("model_evaluations")
+    table = Location.of(args.table) if args.table else layout.table("model_evaluations")
     for evaluation in evaluations.values():
         record_evaluation(table, evaluation)
     if not decision.promote:
@@ -181,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: no state written")
         return 0
-    state = Path(args.state) if args.state else config.output_root / "models" / "promoted.json"
+    state = Location.of(args.state or config.output_root / "models" / "promoted.json")
     write_state(
         state, str(candidate_path), evaluations["candidate"], evaluations["current"], decision
     )

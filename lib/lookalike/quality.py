@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike.config import GateSettings
+from lookalike.storage import Location
 
 
 class GateFailed(RuntimeError):
@@ -61,7 +62,7 @@ def _gate(gate: str, value: float | None, threshold: float, kind: str) -> GateRe
     return GateResult(gate, float(value), float(threshold), kind, bool(passed))
 
 
-def published_similar_items(spark: SparkSession, table: Path) -> DataFrame | None:
+def published_similar_items(spark: SparkSession, table: Path | Location) -> DataFrame | None:
     """The storefront's current similar_items (the previous published run), if any."""
     if not DeltaTable.is_deltatable(str(table)):
         return None

@@ -8,7 +8,6 @@ import base64
 import io
 import logging
 import os
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 from PIL import Image, ImageOps
+
+from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ _PAPER = (255, 255, 255)
 
 @dataclass(frozen=True)
 class ReportPaths:
-    html: Path
-    csv: Path
-    mismatches_csv: Path
+    html: Location
+    csv: Location
+    mismatches_csv: Location
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class _MismatchView:
 
 def write_duplicate_report(
     members: pd.DataFrame,
-    out_dir: Path,
+    out_dir: Path | Location,
     *,
     run_id: str,
     max_clusters: int = 500,
@@ -181,17 +182,17 @@ def write_duplicate_report(
         neighbour_categories=flagged["neighbour_categories"].map(_joined),
     ).to_csv(index=False, lineterminator="\n")
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Location.of(out_dir)
     paths = ReportPaths(
         html=out_dir / HTML_NAME,
         csv=out_dir / CSV_NAME,
         mismatches_csv=out_dir / MISMATCH_CSV_NAME,
     )
-    # All are rendered before any is written, so a failure leaves the previous run's files.
-    _write_atomically(paths.csv, csv_text)
-    _write_atomically(paths.mismatches_csv, mismatch_csv_text)
-    _write_atomically(paths.html, html)
+    # All are rendered before any is written, so a failure leaves the previous run's files;
+    # each is replaced at once (a reader never opens half a page).
+    paths.csv.write_text(csv_text)
+    paths.mismatches_csv.write_text(mismatch_csv_text)
+    paths.html.write_text(html)
     return paths
 
 
@@ -300,7 +301,8 @@ def _thumbnails(image_uris: list[object], *, thumb_px: int) -> dict[str, _Thumb 
 def _thumbnail(image_uri: str, *, thumb_px: int) -> _Thumb | None:
     """A JPEG data URI of the image fitted in thumb_px x thumb_px, or None if it cannot be read."""
     try:
-        with Image.open(image_uri) as image:
+        # Through Location: images on object storage make thumbnails too.
+        with Image.open(io.BytesIO(Location.of(image_uri).read_bytes())) as image:
             # Lets the JPEG decoder downscale by 1/2..1/8 while decoding: a 12-megapixel photo
             # then costs a fraction of a full decode. Both sides stay >= thumb_px.
             image.draft("RGB", (thumb_px, thumb_px))
@@ -342,18 +344,3 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # A unique temp name in the same folder (same file system, so os.replace is atomic); created
-    # with open(), not mkstemp, so the report gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -17,6 +17,7 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from lookalike.duplicates import DECISIONS
+from lookalike.storage import Location
 
 SCHEMA = pa.schema(
     [
@@ -30,7 +31,7 @@ SCHEMA = pa.schema(
 
 
 def record_review(
-    table: Path,
+    table: Path | Location,
     sku_id_a: str,
     sku_id_b: str,
     decision: str,

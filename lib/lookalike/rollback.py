@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lookalike.storage import Location
+
 log = logging.getLogger(__name__)
 
 # Tables a run replaces whole; the per-run tables (rejects, index_manifest, runs) keep every
@@ -33,7 +35,7 @@ class RollbackError(ValueError):
     """The requested version or run cannot be restored; the message says why."""
 
 
-def restore_table(path: Path, version: int) -> int:
+def restore_table(path: Path | Location, version: int) -> int:
     """Restore one table to ``version``; returns the new (current) version."""
     if not DeltaTable.is_deltatable(str(path)):
         raise RollbackError(f"{path} is not a Delta table")
@@ -47,7 +49,7 @@ def restore_table(path: Path, version: int) -> int:
     return new
 
 
-def versions_of_run(tables_dir: Path, run_id: str) -> dict[str, int]:
+def versions_of_run(tables_dir: Path | Location, run_id: str) -> dict[str, int]:
     """The version each table was published at by ``run_id`` (from the runs record)."""
     runs_path = tables_dir / "runs"
     if not DeltaTable.is_deltatable(str(runs_path)):
@@ -64,7 +66,7 @@ def versions_of_run(tables_dir: Path, run_id: str) -> dict[str, int]:
 
 
 def rollback_to_run(
-    tables_dir: Path, run_id: str, names: tuple[str, ...] = RESTORABLE
+    tables_dir: Path | Location, run_id: str, names: tuple[str, ...] = RESTORABLE
 ) -> dict[str, int]:
     """Restore ``names`` to the versions ``run_id`` published; returns their new versions."""
     versions = versions_of_run(tables_dir, run_id)

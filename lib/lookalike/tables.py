@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
+from os import PathLike
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -33,27 +31,37 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import AddAction
 
 from lookalike import faults
+from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 
 STAGING = "_staging"
 
+# A table or a folder: a local path, a URI (s3a://bucket/tables/x) or a Location.
+Where = str | PathLike[str] | Location
 
-def parquet_reader(folders: str | Path | Sequence[str | Path]) -> pa.RecordBatchReader:
+
+def _dataset(folder: Location, schema: pa.Schema | None = None) -> ds.Dataset:
+    filesystem, path = folder.arrow()
+    return ds.dataset(path, filesystem=filesystem, format="parquet", schema=schema)
+
+
+def parquet_reader(folders: Where | Sequence[Where]) -> pa.RecordBatchReader:
     """Stream folders of Parquet files written by Spark (its _SUCCESS markers are skipped).
 
     Columns are read as nullable: Spark marks some columns required in one stage's files and
     optional in another's, and a Delta table needs one schema.
     """
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    first = ds.dataset(str(folders[0]), format="parquet")
+    listed = [folders] if isinstance(folders, (str, PathLike, Location)) else list(folders)
+    locations = [Location.of(folder) for folder in listed]
+    first = _dataset(locations[0])
     schema = pa.schema([field.with_nullable(True) for field in first.schema])
-    parts = [ds.dataset(str(folder), format="parquet", schema=schema) for folder in folders]
+    parts = [_dataset(folder, schema) for folder in locations]
     return ds.dataset(parts).scanner().to_reader()
 
 
 def write_table(
-    path: Path, data: pa.RecordBatchReader | pa.Table, *, replace_where: str | None = None
+    path: Where, data: pa.RecordBatchReader | pa.Table, *, replace_where: str | None = None
 ) -> int:
     """Replace the table's contents (or only the rows matching ``replace_where``) in one commit.
 
@@ -72,11 +80,11 @@ def write_table(
     return DeltaTable(str(path)).version()
 
 
-def read_table(path: Path, version: int | None = None) -> pa.Table:
+def read_table(path: Where, version: int | None = None) -> pa.Table:
     return DeltaTable(str(path), version=version).to_pyarrow_table()
 
 
-def count_rows(path: Path, run_id: str | None = None) -> int:
+def count_rows(path: Where, run_id: str | None = None) -> int:
     """Rows of the table's current version (of one run only, when run_id is given)."""
     dataset = DeltaTable(str(path)).to_pyarrow_dataset()
     if run_id is None:
@@ -84,29 +92,24 @@ def count_rows(path: Path, run_id: str | None = None) -> int:
     return dataset.count_rows(filter=ds.field("run_id") == run_id)
 
 
-def _parquet_files(folders: Sequence[Path]) -> list[Path]:
+def _parquet_files(folders: Sequence[Location]) -> list[Location]:
     return sorted(
-        f for folder in folders for f in Path(folder).glob("*.parquet") if f.stat().st_size
+        f
+        for folder in folders
+        for f in folder.iterdir()
+        if f.name.endswith(".parquet") and f.size()
     )
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs nothing when the run folder and the table share a filesystem.
-    try:
-        os.link(source, target)
-    except OSError:
-        partial = target.with_suffix(".partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-
-
-def publish_files(table: Path, folders: Sequence[Path]) -> int:
+def publish_files(table: Where, folders: Sequence[Where]) -> int:
     """Replace the table's contents with the Parquet files of ``folders``, in one commit.
 
-    Returns the new version. The files are staged under ``<table>/_staging/<token>/`` and
-    added by a single Delta transaction: readers see the previous version until the commit,
-    then the new one, never a mix.
+    Returns the new version. The files are staged under ``<table>/_staging/<token>/`` (hard
+    links on a local disk, server-side copies on object storage) and added by a single Delta
+    transaction: readers see the previous version until the commit, then the new one, never a
+    mix.
     """
+    table, folders = Location.of(table), [Location.of(folder) for folder in folders]
     if not DeltaTable.is_deltatable(str(table)):
         return write_table(table, parquet_reader(folders))
     clean_stale_staging(table)
@@ -114,19 +117,21 @@ def publish_files(table: Path, folders: Sequence[Path]) -> int:
     schema = parquet_reader(folders).schema
     token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = table / STAGING / token
-    staging.mkdir(parents=True)
+    staging.mkdir()
     actions = []
     for i, source in enumerate(files):
         target = staging / f"part-{i:05d}.parquet"
-        _link_or_copy(source, target)
+        source.copy_to(target)
+        with target.open_input_file() as handle:
+            n_rows = pq.read_metadata(handle).num_rows
         actions.append(
             AddAction(
                 path=f"{STAGING}/{token}/{target.name}",
-                size=target.stat().st_size,
+                size=target.size(),
                 partition_values={},
-                modification_time=int(target.stat().st_mtime * 1000),
+                modification_time=target.mtime_ms(),
                 data_change=True,
-                stats=json.dumps({"numRecords": pq.read_metadata(target).num_rows}),
+                stats=json.dumps({"numRecords": n_rows}),
             )
         )
     faults.point("publish.staged")
@@ -134,18 +139,21 @@ def publish_files(table: Path, folders: Sequence[Path]) -> int:
     return DeltaTable(str(table)).version()
 
 
-def clean_stale_staging(table: Path) -> list[str]:
+def clean_stale_staging(table: Where) -> list[str]:
     """Delete staging folders no commit refers to (left by a process killed mid-publish)."""
-    staging = table / STAGING
-    if not staging.is_dir():
+    table = Location.of(table)
+    folders = list((table / STAGING).iterdir())
+    if not folders:
         return []
     log_text = "".join(
-        p.read_text(errors="replace") for p in sorted((table / "_delta_log").glob("*.json"))
+        entry.read_bytes().decode("utf-8", errors="replace")
+        for entry in (table / "_delta_log").iterdir()
+        if entry.name.endswith(".json")
     )
     removed = []
-    for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
-        if f"{STAGING}/{folder.name}/" not in log_text:
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in folders:
+        if f"{STAGING}/{folder.name}/" not in log_text and folder.is_dir():
+            folder.rmtree()
             removed.append(folder.name)
     if removed:
         log.info("%s: removed stale staging folders %s", table.name, removed)
@@ -180,10 +188,10 @@ class DeltaRsWriter:
 
     name = "delta-rs"
 
-    def replace(self, table: Path, folders: Sequence[Path]) -> int:
+    def replace(self, table: Where, folders: Sequence[Where]) -> int:
         return publish_files(table, folders)
 
-    def replace_run(self, table: Path, data: Sequence[Path] | pa.Table, run_id: str) -> int:
+    def replace_run(self, table: Where, data: Sequence[Where] | pa.Table, run_id: str) -> int:
         reader = data if isinstance(data, pa.Table) else parquet_reader(data)
         return write_table(table, reader, replace_where=f"run_id = '{run_id}'")
 
@@ -202,20 +210,20 @@ class DeltaSparkWriter:
             )
         self.spark = spark
 
-    def _version(self, table: Path) -> int:
+    def _version(self, table: Where) -> int:
         from delta.tables import DeltaTable as SparkDeltaTable
 
         history = SparkDeltaTable.forPath(self.spark, str(table)).history(1)
         return int(history.first()["version"])
 
-    def replace(self, table: Path, folders: Sequence[Path]) -> int:
+    def replace(self, table: Where, folders: Sequence[Where]) -> int:
         df = self.spark.read.parquet(*[str(f) for f in folders])
         df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
             str(table)
         )
         return self._version(table)
 
-    def replace_run(self, table: Path, data: Sequence[Path] | pa.Table, run_id: str) -> int:
+    def replace_run(self, table: Where, data: Sequence[Where] | pa.Table, run_id: str) -> int:
         if isinstance(data, pa.Table):
             df = self.spark.createDataFrame(data.to_pandas())
         else:
