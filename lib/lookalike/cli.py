@@ -207,11 +207,13 @@ def _run_record(args: argparse.Namespace, config: Config) -> int:
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
+    from lookalike.tables import read_table
+
     path = RunLayout(config.output_root, run_id="").table("runs")
     if not DeltaTable.is_deltatable(str(path)):
         print(f"lookalike: no runs table at {path}", file=sys.stderr)
         return 1
-    runs = DeltaTable(str(path)).to_pyarrow_table()
+    runs = read_table(path)
     rows = runs.filter(pc.equal(runs["run_id"], args.run_id)).to_pylist()
     if not rows:
         print(f"lookalike: no record of run {args.run_id} (it failed before publish?)")
@@ -229,13 +231,14 @@ def _similar(args: argparse.Namespace, config: Config) -> int:
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
+    from lookalike.tables import delta_dataset
+
     path = RunLayout(config.output_root, run_id="").table("similar_items")
     if not DeltaTable.is_deltatable(str(path)):
         print(f"lookalike: no published similar_items at {path}", file=sys.stderr)
         return 1
     rows = (
-        DeltaTable(str(path))
-        .to_pyarrow_dataset()
+        delta_dataset(path)
         .to_table(filter=pc.field("sku_id") == args.sku_id)
         .sort_by("rank")
         .to_pylist()

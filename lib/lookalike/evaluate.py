@@ -663,11 +663,9 @@ def stored_vectors(
     A table holding several model ids needs ``model_id``: vectors of different models are
     never compared.
     """
-    from deltalake import DeltaTable
+    from lookalike.tables import read_table
 
-    stored = DeltaTable(str(table)).to_pandas(
-        columns=["sku_id", "category", "model_id", "embedding"]
-    )
+    stored = read_table(table, columns=["sku_id", "category", "model_id", "embedding"]).to_pandas()
     ids = sorted(stored["model_id"].unique())
     if model_id is None:
         if len(ids) != 1:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from lookalike.storage import Location
+from lookalike.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def versions_of_run(tables_dir: Path | Location, run_id: str) -> dict[str, int]:
     runs_path = tables_dir / "runs"
     if not DeltaTable.is_deltatable(str(runs_path)):
         raise RollbackError(f"no runs table at {runs_path}: nothing was published yet")
-    runs = DeltaTable(str(runs_path)).to_pyarrow_table()
+    runs = read_table(runs_path)
     rows = runs.filter(pc.equal(runs["run_id"], run_id)).to_pylist()
     if not rows:
         known = ", ".join(sorted(runs["run_id"].to_pylist())[-5:])
