@@ -13,6 +13,7 @@ import yaml
 
 from lookalike.cli import main
 from lookalike.config import Config, ConfigError, load_config
+from lookalike.storage import Location
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO / "conf" / "default.yaml"
@@ -137,14 +138,20 @@ def test_relative_output_root_resolves_against_the_files_folder(tmp_path, monkey
     monkeypatch.chdir(elsewhere)
     # Loaded through a relative path from another cwd: still the file's folder that counts.
     config = load_config(Path("../../deploy/conf/job.yaml"))
-    assert config.output_root == (tmp_path / "deploy" / "var").resolve()
+    assert config.output_root == Location.of((tmp_path / "deploy" / "var").resolve())
     assert load_config(path).output_root == config.output_root
+
+
+def test_an_output_root_uri_is_taken_as_it_is(tmp_path):
+    config = load_config(write_conf(tmp_path, "output:\n  root: s3a://shop-lake/lookalike/\n"))
+    assert str(config.output_root) == "s3a://shop-lake/lookalike"
+    assert not config.output_root.is_local
 
 
 def test_absolute_output_root_and_uris_are_kept(tmp_path):
     absolute = tmp_path / "out"
     config = load_config(write_conf(tmp_path, f"output:\n  root: {absolute}\n"))
-    assert config.output_root == absolute
+    assert config.output_root == Location.of(absolute)
     assert config.resolve("s3://bucket/lookalike") == "s3://bucket/lookalike"
 
 
@@ -199,7 +206,7 @@ def test_with_overrides_validates_like_the_file(overrides, key):
 def test_with_overrides_keeps_the_files_folder(tmp_path):
     config = load_config(write_conf(tmp_path, "output:\n  root: out\n"))
     overridden = config.with_overrides(model={"batch_size": 8})
-    assert overridden.output_root == (tmp_path / "out").resolve()
+    assert overridden.output_root == Location.of((tmp_path / "out").resolve())
 
 
 # --- the command line --------------------------------------------------------------------

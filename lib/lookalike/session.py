@@ -52,3 +52,14 @@ def build_session(config: Config) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def jvm_has_class(spark: SparkSession, name: str) -> bool:
+    """Whether this session's JVM can load a class: JARs that a cluster adds (Delta Lake,
+    hadoop-aws for ``s3a://``) and a laptop may lack."""
+    try:
+        loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass(name)
+    except Exception:  # noqa: BLE001 - py4j raises Py4JJavaError; no JVM view raises others
+        return False
+    return True
