@@ -30,7 +30,7 @@ from PIL import Image
 from pyarrow import fs as pafs
 
 from lookalike import tables
-from lookalike.config import IndexSettings
+from lookalike.config import ConfigError, IndexSettings, load_config
 from lookalike.demo import generate_demo_catalog
 from lookalike.index import Shard, ShardError, build_category_indexes, build_shard, shard_id_for
 from lookalike.layout import RunLayout
@@ -85,6 +85,30 @@ def test_a_uri_keeps_its_scheme_and_is_never_taken_for_a_local_path():
         os.fspath(layout.work)
     with pytest.raises(TypeError, match="not a local path"):
         open(layout.stats("embed"))  # noqa: SIM115 - never a relative file named "s3a:"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "gs://shop-lake/lookalike/tables/runs",
+        "abfs://lake@shopdata.dfs.core.windows.net/lookalike/tables/runs",
+    ],
+)
+def test_a_uri_names_the_same_file_as_pyarrow_reads_it(uri):
+    # pyarrow parses these without credentials or network; its path is the one to use.
+    _, expected = pafs.FileSystem.from_uri(uri)
+    assert Location.of(uri).arrow()[1] == expected
+
+
+def test_a_uri_the_job_cannot_open_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"ftp://files/x: ftp:// is not a filesystem"):
+        Location.of("ftp://files/x")
+    with pytest.raises(ValueError, match=r"no bucket \(or host\) after s3a://"):
+        Location.of("s3a:///lookalike")
+    conf = tmp_path / "job.yaml"
+    conf.write_text("output:\n  root: sftp://host/data\n")
+    with pytest.raises(ConfigError, match=r"output\.root: .*sftp:// is not a filesystem"):
+        load_config(conf)
 
 
 def test_a_local_write_replaces_the_file_at_once_and_leaves_nothing_beside(tmp_path):

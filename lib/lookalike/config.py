@@ -56,7 +56,15 @@ class CatalogSettings(_Section):
 
 
 class OutputSettings(_Section):
+    # A folder (relative to this file) or a URI on object storage: s3a://bucket/lookalike.
     root: str = "../var"
+
+    @field_validator("root")
+    @classmethod
+    def _openable(cls, value: str) -> str:
+        if "://" in value:
+            Location.of(value)  # ValueError naming what is wrong with the URI
+        return value
 
 
 class ModelSettings(_Section):

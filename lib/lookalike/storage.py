@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 # Hadoop's names for S3, which pyarrow knows as s3://.
 _S3_ALIASES = {"s3a": "s3", "s3n": "s3"}
+# The schemes pyarrow opens, by how a URI's first part maps to a path in its filesystem:
+# bucket/key (S3, GCS); container@account/key -> container/key (Azure); host:port/path -> /path.
+_BUCKET_SCHEMES = frozenset({"s3", "s3a", "s3n", "gs", "gcs"})
+_CONTAINER_SCHEMES = frozenset({"abfs", "abfss"})
+_HOST_SCHEMES = frozenset({"hdfs", "viewfs"})
+SCHEMES = tuple(sorted(_BUCKET_SCHEMES | _CONTAINER_SCHEMES | _HOST_SCHEMES))
 # Cached copies of remote index files not used for this long are deleted.
 _CACHE_MAX_IDLE_S = 2 * 24 * 3600
 
@@ -60,16 +66,25 @@ class Location:
     @classmethod
     def of(cls, value: str | os.PathLike[str] | Location) -> Location:
         """A Location from a path, a URI or a Location; local paths are made absolute and
-        ``file:`` URIs become paths."""
+        ``file:`` URIs become paths. A URI of a scheme that pyarrow cannot open, or without
+        its bucket (or host), raises ValueError naming it."""
         if isinstance(value, Location):
             return value
         text = os.fspath(value)
         if text.startswith("file:"):
             text = unquote(urlparse(text).path)
-        if not _scheme(text):
+        scheme = _scheme(text)
+        if not scheme:
             return cls(os.path.abspath(os.path.expanduser(text)))
-        scheme, rest = text.split("://", 1)
-        return cls(f"{scheme.lower()}://{rest.rstrip('/')}")
+        rest = text.split("://", 1)[1].rstrip("/")
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"{text}: {scheme}:// is not a filesystem the job can write to; give a folder "
+                f"or a URI of {', '.join(s + '://' for s in SCHEMES)}"
+            )
+        if not rest.split("/", 1)[0]:
+            raise ValueError(f"{text}: no bucket (or host) after {scheme}://")
+        return cls(f"{scheme}://{rest}")
 
     # --- addressing ------------------------------------------------------------------------
 
@@ -121,8 +136,14 @@ class Location:
         if self.is_local:
             return pafs.LocalFileSystem(), self.address
         scheme, rest = self.address.split("://", 1)
-        bucket = rest.split("/", 1)[0]
-        return _remote_filesystem(scheme, bucket), rest
+        host, _, key = rest.partition("/")
+        if scheme in _CONTAINER_SCHEMES:
+            path = f"{host.split('@', 1)[0]}/{key}".rstrip("/")
+        elif scheme in _HOST_SCHEMES:
+            path = f"/{key}"
+        else:
+            path = rest
+        return _remote_filesystem(scheme, host), path
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -362,7 +383,7 @@ def _remote_filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
         elif not endpoint:
             options["region"] = pafs.resolve_s3_region(bucket)
         return pafs.S3FileSystem(**options)
-    filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/")
     return filesystem
 
 
