@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from lookalike.rollback import restore_table
 from lookalike.session import jvm_has_class
 from lookalike.storage import ChecksumMismatch, Location
 
+REPO = Path(__file__).resolve().parents[1]
 S3_BUCKET = os.environ.get("LOOKALIKE_TEST_S3", "")
 needs_s3 = pytest.mark.skipif(
     not S3_BUCKET,
@@ -345,6 +347,53 @@ def test_a_run_scoped_table_on_object_storage_replaces_only_that_runs_rows(s3_ro
         {"run_id": "d1", "status": "published"},
         {"run_id": "d2", "status": "published"},
     ]
+
+
+@needs_s3
+def test_the_storefront_and_on_call_commands_read_and_restore_tables_on_object_storage(s3_root):
+    layout = RunLayout(s3_root, "")
+    for day, similar in (("2026-11-30", ["sku-b", "sku-c"]), ("2026-12-01", ["sku-d", "sku-c"])):
+        version = tables.write_table(
+            layout.table("similar_items"),
+            pa.table(
+                {
+                    "run_id": [day, day],
+                    "model_id": ["m1", "m1"],
+                    "sku_id": ["sku-a", "sku-a"],
+                    "rank": pa.array([1, 2], pa.int32()),
+                    "similar_sku_id": similar,
+                    "score": pa.array([0.9, 0.8], pa.float32()),
+                }
+            ),
+        )
+        record = {"similar_items": version}
+        tables.write_table(
+            layout.table("runs"),
+            pa.table(
+                {"run_id": [day], "status": ["published"], "table_versions": [json.dumps(record)]}
+            ),
+            replace_where=f"run_id = '{day}'",
+        )
+
+    def lookalike(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "lookalike", *args, "--output", str(s3_root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def similar_of_a() -> list[str]:
+        return [line.split()[1] for line in lookalike("similar", "sku-a").splitlines()[1:]]
+
+    assert similar_of_a() == ["sku-d", "sku-c"]
+    assert json.loads(lookalike("run-record", "2026-12-01"))["status"] == "published"
+    restored = lookalike("rollback", "--to-run", "2026-11-30", "--table", "similar_items")
+    assert "restored similar_items: now version 2" in restored
+    assert similar_of_a() == ["sku-b", "sku-c"]
 
 
 # --- the report on object storage -------------------------------------------------------------
