@@ -122,10 +122,6 @@ class Location:
         scheme, rest = self.address.split("://", 1)
         return Location(f"{scheme}://{posixpath.dirname(rest)}") if "/" in rest else self
 
-    def with_suffix(self, suffix: str) -> Location:
-        stem, _ = posixpath.splitext(self.address)
-        return Location(stem + suffix)
-
     @property
     def path(self) -> Path:
         """The local path; a remote location raises (use ``local_copy`` to map one)."""
