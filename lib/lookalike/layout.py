@@ -65,6 +65,12 @@ class RunLayout:
         return self.work / "duplicate_clusters"
 
     @property
+    def shared_photos(self) -> Location:
+        """Listings without a photo of their own: one image shared by many different listings
+        (a placeholder, a logo), written by the duplicates stage, read by neighbors."""
+        return self.work / "shared_photos"
+
+    @property
     def category_mismatches(self) -> Location:
         return self.work / "category_mismatches"
 
