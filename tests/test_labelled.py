@@ -8,10 +8,13 @@ import pytest
 from conftest import SHARED_DATASETS
 from lookalike import cli
 from lookalike.labelled import (
+    COLUMNS,
     LabelledSetError,
     grocery_store,
     image_folders,
+    labelled_images,
     read_labelled_images,
+    split_by_product,
 )
 
 GROCERY = SHARED_DATASETS / "grocery-store"
@@ -93,3 +96,25 @@ def test_command_writes_a_csv_that_reads_back(tmp_path, capsys):
     assert read_labelled_images(out)["category"].tolist() == ["hat", "shoes"]
     assert cli.main(["labelled", "folders", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_split_by_product_holds_out_whole_products_reproducibly():
+    rows = [(f"{p}_{i}.jpg", p, "fruit", False) for p in "abcdefghij" for i in range(3)]
+    rows += [(f"{p}_iconic.jpg", p, "fruit", True) for p in "abcdefghij"]
+    frame = labelled_images(pd.DataFrame(rows, columns=list(COLUMNS)))
+    kept, held = split_by_product(frame, 0.2, seed=0)
+    held_products = set(held["product_id"])
+    assert len(held_products) == 2 and len(held) == 6
+    # No product on both sides among the photos; every reference stays with the kept rows.
+    assert not held_products & set(kept.loc[~kept["is_reference"], "product_id"])
+    assert not held["is_reference"].any() and kept["is_reference"].sum() == 10
+    assert len(kept) + len(held) == len(frame)
+    # The same seed draws the same products whatever the rows' order; another seed others.
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    assert set(split_by_product(shuffled, 0.2, seed=0)[1]["product_id"]) == held_products
+    draws = {frozenset(split_by_product(frame, 0.2, seed=s)[1]["product_id"]) for s in range(5)}
+    assert len(draws) > 1
+    with pytest.raises(LabelledSetError, match="leaves no product"):
+        split_by_product(frame, 0.01)
+    with pytest.raises(ValueError, match="share"):
+        split_by_product(frame, 1.0)

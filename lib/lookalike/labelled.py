@@ -140,6 +140,30 @@ def grocery_store(root: str | Path, split: str, *, with_references: bool = True)
     return labelled_images(pd.DataFrame(rows, columns=list(COLUMNS)))
 
 
+def split_by_product(
+    frame: pd.DataFrame, share: float, *, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, held_out): a seeded ``share`` of the products with all their rows held out.
+
+    No product has rows on both sides, so a model trained on ``kept`` has never seen a
+    product of ``held_out``: the slice to choose training settings on without touching the
+    split that is reported. Reference rows and rows without a product stay in ``kept``; the
+    draw depends only on the set of products and the seed, not on the rows' order.
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share: {share!r} is not between 0 and 1")
+    is_reference = frame["is_reference"].astype(bool)
+    products = np.array(sorted(frame.loc[~is_reference, "product_id"].dropna().unique()))
+    n_held = round(share * len(products))
+    if not 1 <= n_held < len(products):
+        raise LabelledSetError(
+            f"holding out {share:.0%} of {len(products)} products leaves no product on one side"
+        )
+    held = set(np.random.default_rng(seed).permutation(products)[:n_held].tolist())
+    is_held = ~is_reference & frame["product_id"].isin(held)
+    return frame[~is_held].reset_index(drop=True), frame[is_held].reset_index(drop=True)
+
+
 def image_folders(root: str | Path) -> pd.DataFrame:
     """``<root>/<category>/<image>`` folders (clothing-small) as a labelled set by category."""
     root = Path(root).resolve()
