@@ -131,7 +131,7 @@ def test_writes_every_file_and_returns_their_paths(members: pd.DataFrame, tmp_pa
     assert paths.html.is_file() and paths.csv.is_file()
     # No mismatch given: the section says so, and its CSV is a header.
     assert "No listing looks like it belongs to another category" in paths.html.read_text()
-    assert paths.mismatches_csv.read_text() == ",".join(MISMATCH_COLUMNS) + "\n"
+    assert paths.mismatches_csv.read_text() == ",".join(MISMATCH_COLUMNS) + "\r\n"
     # Only these files: no temp file left behind.
     assert sorted(p.name for p in out.iterdir()) == [
         "category_mismatches.csv",
@@ -294,7 +294,7 @@ def test_empty_run(columns: list[str], tmp_path: Path) -> None:
     assert "<dt>Clusters</dt><dd>0</dd>" in page
     assert page.rstrip().endswith("</html>")
     assert '<article class="cluster">' not in page
-    assert paths.csv.read_text() == ",".join(MEMBER_COLUMNS) + "\n"
+    assert paths.csv.read_text() == ",".join(MEMBER_COLUMNS) + "\r\n"
 
 
 def test_rerun_replaces_previous_report(members: pd.DataFrame, tmp_path: Path) -> None:

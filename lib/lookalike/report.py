@@ -18,6 +18,7 @@ import jinja2
 import pandas as pd
 from PIL import Image, ImageOps
 
+from lookalike.csvsafe import spreadsheet_csv
 from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,9 @@ def write_duplicate_report(
     shows the `max_clusters` most confident clusters; the CSV holds every row, in the page's order.
     `mismatches` holds listings flagged as looking like another category (MISMATCH_COLUMNS),
     shown in a section of their own, most confident first. Re-running replaces every file; a
-    reader never sees a half-written one.
+    reader never sees a half-written one. In the CSVs, text that a spreadsheet would run as a
+    formula (``=HYPERLINK(...)``) starts with a ``'`` (lookalike.csvsafe); numbers stay numbers,
+    and the page shows the true text, escaped.
     """
     if max_clusters < 0:
         raise ValueError(f"max_clusters must be >= 0, got {max_clusters}")
@@ -176,11 +179,15 @@ def write_duplicate_report(
             mismatches=[_mismatch_view(row, thumbs) for row in flagged.itertuples(index=False)],
         )
     )
-    csv_text = ordered.to_csv(index=False, lineterminator="\n")
-    mismatch_csv_text = flagged.assign(
-        neighbour_sku_ids=flagged["neighbour_sku_ids"].map(_joined),
-        neighbour_categories=flagged["neighbour_categories"].map(_joined),
-    ).to_csv(index=False, lineterminator="\n")
+    # Spreadsheets open these: seller text that looks like a formula is made text (after the
+    # neighbour lists are joined, since the joined cell starts with the first sku id).
+    csv_text = spreadsheet_csv(ordered)
+    mismatch_csv_text = spreadsheet_csv(
+        flagged.assign(
+            neighbour_sku_ids=flagged["neighbour_sku_ids"].map(_joined),
+            neighbour_categories=flagged["neighbour_categories"].map(_joined),
+        )
+    )
 
     out_dir = Location.of(out_dir)
     paths = ReportPaths(
