@@ -1,13 +1,17 @@
 """Time of the duplicates stage on N synthetic SKUs (vectors and hashes), on local cores.
 
-Writes a run's `catalog` and `embeddings` as Spark would (128-d clustered unit vectors in 20
-categories of skewed sizes, one of them 30% of the catalog; random 64-bit pHashes), with
-planted duplicates: 1% exact copies (same content hash, same vector and pHash), 2% near
-copies (vector plus small noise, pHash with 0-4 bits flipped). Then runs the real `index`
-stage (not timed as duplicates work, printed apart) and the real `duplicates` stage, and
-checks the planted pairs it found.
+Writes a run's `catalog` and `embeddings` as Spark would (clustered unit vectors of --dim
+components, default 1280 as MobileNet-V2 writes them, in 20 categories of skewed sizes, one of
+them 30% of the catalog; random 64-bit pHashes), with planted duplicates: 1% exact copies (same
+content hash, same vector and pHash), 2% near copies (vector plus small noise, pHash with 0-4
+bits flipped). Then runs the real `index` stage (not timed as duplicates work, printed apart)
+and the real `duplicates` stage, and checks the planted pairs it found.
 
-Usage:  .venv/bin/python benchmarks/duplicates_scale.py [--skus 1000000] [--cores 2]
+The synthetic embeddings carry no `rmac` column, so the stage verifies candidates on the
+`embedding` vector (its fallback), of the same size as the real job's descriptor.
+
+Usage:  .venv/bin/python benchmarks/duplicates_scale.py [--skus 1000000] [--dim 1280] [--cores 2]
+        .venv/bin/python benchmarks/duplicates_scale.py --smoke   (3,000 SKUs, seconds)
 """
 
 from __future__ import annotations
@@ -20,28 +24,33 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    from lookalike.storage import Location
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
-DIM = 128
+DIM = 1280  # MobileNet-V2's pooled features, what the embed stage writes
 N_CATEGORIES = 20
 
 
-def synthetic_run(folder: Path, n: int, seed: int = 0) -> tuple[set, set]:
+def synthetic_run(folder: Location, n: int, dim: int = DIM, seed: int = 0) -> tuple[set, set]:
     """Write catalog/ and embeddings/ Parquet for n SKUs; return planted (exact, near) pairs."""
+    folder = folder.path  # a local run folder (a temporary one): Parquet and _SUCCESS markers
     rng = np.random.default_rng(seed)
     weights = np.array([0.3] + [0.7 / (N_CATEGORIES - 1)] * (N_CATEGORIES - 1))
     category = rng.choice(N_CATEGORIES, size=n, p=weights)
     # Clustered vectors: 2,000 product "styles" per category, each SKU near its style.
     n_styles = 2000
-    centres = rng.standard_normal((N_CATEGORIES, n_styles, DIM)).astype(np.float32)
+    centres = rng.standard_normal((N_CATEGORIES, n_styles, dim)).astype(np.float32)
     style = rng.integers(0, n_styles, n)
-    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
     phash = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
     phash_mirrored = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
     content = np.array([f"{i:064x}" for i in range(n)], dtype=object)
@@ -57,7 +66,7 @@ def synthetic_run(folder: Path, n: int, seed: int = 0) -> tuple[set, set]:
     vectors[exact_dst] = vectors[exact_src]
     phash[exact_dst], phash_mirrored[exact_dst] = phash[exact_src], phash_mirrored[exact_src]
     content[exact_dst] = content[exact_src]
-    vectors[near_dst] = vectors[near_src] + 0.12 * rng.standard_normal((n_near, DIM)).astype(
+    vectors[near_dst] = vectors[near_src] + 0.12 * rng.standard_normal((n_near, dim)).astype(
         np.float32
     )
     flips = rng.integers(0, 5, n_near)
@@ -85,8 +94,8 @@ def synthetic_run(folder: Path, n: int, seed: int = 0) -> tuple[set, set]:
             "category": names,
             "is_active": np.ones(n, dtype=bool),
             "content_hash": content,
-            "model_id": np.full(n, "synthetic-128d", dtype=object),
-            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), DIM).cast(
+            "model_id": np.full(n, f"synthetic-{dim}d", dtype=object),
+            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), dim).cast(
                 pa.list_(pa.float32())
             ),
             "phash": phash,
@@ -108,8 +117,20 @@ def synthetic_run(folder: Path, n: int, seed: int = 0) -> tuple[set, set]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skus", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=DIM, help="vector size (MobileNet-V2: 1280)")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3,000 SKUs, Annoy shards: seconds, to show the benchmark still runs",
+    )
     args = parser.parse_args()
+    index_overrides = {}
+    if args.smoke:
+        args.skus = 3_000
+        # Annoy shards, as at scale, rather than exact ones for these small categories.
+        index_overrides = {"exact_max_size": 300}
+    sys.stdout.reconfigure(line_buffering=True)
 
     from lookalike.config import Config
     from lookalike.pipeline import RunContext, run_stage
@@ -127,12 +148,13 @@ def main() -> None:
                 },
             },
             output={"root": str(work)},
+            **({"index": index_overrides} if index_overrides else {}),
         )
         ctx = RunContext(config, dt.date(2026, 1, 1))
         started = time.perf_counter()
-        exact, near = synthetic_run(ctx.layout.work, args.skus)
+        exact, near = synthetic_run(ctx.layout.work, args.skus, args.dim)
         print(
-            f"{args.skus:,} synthetic SKUs ({DIM}-d, {N_CATEGORIES} categories, largest 30%): "
+            f"{args.skus:,} synthetic SKUs ({args.dim}-d, {N_CATEGORIES} categories, largest 30%): "
             f"{len(exact):,} exact + {len(near):,} near copies planted, "
             f"written in {time.perf_counter() - started:.0f} s"
         )
@@ -141,7 +163,7 @@ def main() -> None:
         print(f"index stage (shards per category, not duplicates work): {index.seconds:.0f} s")
         result = run_stage("duplicates", spark, ctx)
         print(f"duplicates stage: {result.seconds:.0f} s on {args.cores} cores  {result.counts}")
-        pairs = pq.read_table(ctx.layout.duplicate_pairs).to_pandas()
+        pairs = pq.read_table(ctx.layout.duplicate_pairs.path).to_pandas()
         found = set(zip(pairs["sku_id_a"], pairs["sku_id_b"], strict=True))
         for name, planted in (("exact", exact), ("near", near)):
             print(f"  planted {name} pairs found: {len(planted & found):,} / {len(planted):,}")

@@ -1,14 +1,16 @@
 """Similar items at scale: the index + neighbors stages on N synthetic SKUs, against Spark
 brute force.
 
-For each N: 128-d clustered unit vectors in 20 categories of skewed sizes (one holds 30% of
+For each --dim (default 1280, the job's MobileNet-V2 vector) and each N: clustered unit vectors
+in 20 categories of skewed sizes (one holds 30% of
 the catalog; products in "styles" of about 50 look-alikes), written as a run's `embeddings`
 (no duplicate clusters), then the real `index` and `neighbors` stages on Spark `local[cores]`
 with the configured defaults (sub-shards above `index.max_shard_size`, exact search up to
 `index.exact_max_size`, Annoy above). Printed per N: wall time of each stage, peak memory of
 the whole process tree (driver JVM + Python workers, RSS sampled every 0.2 s), recall@10 of
 the published answer against exact answers (numpy) for 1,000 sampled SKUs, and the stage's
-own recall estimate; then how time grows with N.
+own recall estimate; then how time grows with N and, with several --dim, how it grows with
+the dimension (both measured in the same run).
 
 Then the same data through the brute-force exact top-K a Spark user would write (a cross
 join within the category, cosine as a dot product of the array columns, a window keeping the
@@ -16,7 +18,8 @@ best 10), written to Spark's no-op sink, cancelled after --brute-cap seconds: th
 where it finishes, "did not finish in X s" where not (larger sizes are then not tried).
 
 Usage:  .venv/bin/python benchmarks/topk_scale.py [--sizes 100000 300000 1000000]
-            [--brute-sizes 5000 10000 100000] [--brute-cap 900] [--cores 2]
+            [--dim 128 1280] [--brute-sizes 5000 10000 100000] [--brute-cap 900] [--cores 2]
+        .venv/bin/python benchmarks/topk_scale.py --smoke   (3,000 SKUs, seconds: the code runs)
 """
 
 from __future__ import annotations
@@ -30,35 +33,41 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    from lookalike.storage import Location
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
-DIM = 128
+DIM = 1280  # MobileNet-V2's pooled features, what the embed stage writes
 N_CATEGORIES = 20
 K = 10
 RECALL_SAMPLE = 1000
 
 
-def synthetic_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_vectors(n: int, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(category index, unit vectors): 30% in category 0, clustered in styles of ~50."""
     rng = np.random.default_rng(seed)
     weights = np.array([0.3] + [0.7 / (N_CATEGORIES - 1)] * (N_CATEGORIES - 1))
     category = rng.choice(N_CATEGORIES, size=n, p=weights)
     n_styles = max(1, n // (50 * N_CATEGORIES))
-    centres = rng.standard_normal((N_CATEGORIES, n_styles, DIM)).astype(np.float32)
+    centres = rng.standard_normal((N_CATEGORIES, n_styles, dim)).astype(np.float32)
     style = rng.integers(0, n_styles, n)
-    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return category, vectors
 
 
-def write_run(folder: Path, category: np.ndarray, vectors: np.ndarray) -> None:
-    n = len(vectors)
+def write_run(folder: Location, category: np.ndarray, vectors: np.ndarray) -> None:
+    """A run's ``embeddings`` (and no duplicate clusters) as Parquet, as the stages read them."""
+    folder = folder.path  # a local run folder (a temporary one): Parquet and _SUCCESS markers
+    n, dim = vectors.shape
     sku = np.array([f"SKU-{i:08d}" for i in range(n)], dtype=object)
     names = np.array([f"category-{c:02d}" for c in range(N_CATEGORIES)], dtype=object)[category]
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -68,8 +77,8 @@ def write_run(folder: Path, category: np.ndarray, vectors: np.ndarray) -> None:
             "category": names,
             "is_active": np.ones(n, dtype=bool),
             "content_hash": np.array([f"{i:064x}" for i in range(n)], dtype=object),
-            "model_id": np.full(n, "synthetic-128d", dtype=object),
-            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), DIM).cast(
+            "model_id": np.full(n, f"synthetic-{dim}d", dtype=object),
+            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), dim).cast(
                 pa.list_(pa.float32())
             ),
             "embedded_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
@@ -185,10 +194,24 @@ def brute_force(spark, embeddings_path: Path, cap: float) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument(
+        "--dim", type=int, nargs="+", default=[DIM], help="vector sizes (each runs every N)"
+    )
     parser.add_argument("--brute-sizes", type=int, nargs="*", default=[5_000, 10_000, 100_000])
     parser.add_argument("--brute-cap", type=float, default=900.0)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3,000 SKUs at 128-d and 1280-d, small shards (sub-shards, exact and Annoy ones), "
+        "brute force on 1,000: seconds, to show the benchmark still runs",
+    )
     args = parser.parse_args()
+    index_overrides = {}
+    if args.smoke:
+        args.sizes, args.dim, args.brute_sizes, args.brute_cap = [3_000], [128, 1280], [1_000], 120
+        # The largest category (~900 SKUs) splits into sub-shards; Annoy above 300 members.
+        index_overrides = {"max_shard_size": 500, "exact_max_size": 300}
     sys.stdout.reconfigure(line_buffering=True)
 
     from lookalike.config import Config
@@ -206,6 +229,7 @@ def main() -> int:
             },
         },
         output={"root": str(work)},
+        **({"index": index_overrides} if index_overrides else {}),
     )
     index_settings = config.index
     print(
@@ -214,60 +238,73 @@ def main() -> int:
         f"exact_max_size={index_settings.exact_max_size:,}"
     )
     spark = build_session(config)
-    results = []
-    try:
-        for n in args.sizes:
-            ctx = RunContext(config, dt.date(2026, 1, 1) + dt.timedelta(days=len(results)))
-            category, vectors = synthetic_vectors(n)
-            write_run(ctx.layout.work, category, vectors)
-            with PeakMemory() as memory:
-                index = run_stage("index", spark, ctx)
-                neighbours = run_stage("neighbors", spark, ctx)
-            similar = pq.read_table(
-                ctx.layout.similar_items, columns=["sku_id", "similar_sku_id"]
-            ).to_pandas()
-            recall = exact_recall(category, vectors, None, similar, np.random.default_rng(1))
-            seconds = index.seconds + neighbours.seconds
-            results.append((n, seconds))
-            counts = neighbours.counts
-            print(
-                f"N={n:>9,}: index {index.seconds:6.1f} s ({index.counts['shards']} shards, "
-                f"{index.counts['exact_shards']} exact) + neighbors {neighbours.seconds:6.1f} s "
-                f"= {seconds:6.1f} s; peak memory {memory.peak / 2**30:.2f} GiB; "
-                f"recall@{K} {recall:.4f} (exact answers of {RECALL_SAMPLE} sampled SKUs); "
-                f"stage's estimate {counts.get('recall_at_k')} (min shard "
-                f"{counts.get('recall_at_k_min')}); {counts['skus_with_full_k']:,} of "
-                f"{counts['skus']:,} SKUs with {K}"
-            )
-            shutil.rmtree(ctx.layout.work / "index", ignore_errors=True)
-        for (n0, s0), (n1, s1) in zip(results, results[1:], strict=False):
-            exponent = np.log(s1 / s0) / np.log(n1 / n0)
-            print(
-                f"  {n0:,} -> {n1:,}: time x{s1 / s0:.2f} for N x{n1 / n0:.1f} (~N^{exponent:.2f})"
-            )
+    runs = iter(range(10_000))  # one run date per run: nothing is reused between them
 
-        ours = dict(results)
-        for n in args.brute_sizes:
-            ctx = RunContext(config, dt.date(2027, 1, 1) + dt.timedelta(days=n % 1000))
-            category, vectors = synthetic_vectors(n)
-            shutil.rmtree(ctx.layout.work, ignore_errors=True)
-            write_run(ctx.layout.work, category, vectors)
-            if n not in ours:
-                index = run_stage("index", spark, ctx)
-                neighbours = run_stage("neighbors", spark, ctx)
-                ours[n] = index.seconds + neighbours.seconds
-            seconds = brute_force(spark, ctx.layout.embeddings, args.brute_cap)
-            if seconds is None:
+    def run_ours(n: int, dim: int, category, vectors) -> tuple:
+        ctx = RunContext(config, dt.date(2026, 1, 1) + dt.timedelta(days=next(runs)))
+        write_run(ctx.layout.work, category, vectors)
+        with PeakMemory() as memory:
+            index = run_stage("index", spark, ctx)
+            neighbours = run_stage("neighbors", spark, ctx)
+        return ctx, index, neighbours, memory.peak
+
+    seconds_of: dict[tuple[int, int], float] = {}
+    try:
+        for dim in args.dim:
+            for n in args.sizes:
+                category, vectors = synthetic_vectors(n, dim)
+                ctx, index, neighbours, peak = run_ours(n, dim, category, vectors)
+                similar = pq.read_table(
+                    ctx.layout.similar_items.path, columns=["sku_id", "similar_sku_id"]
+                ).to_pandas()
+                recall = exact_recall(category, vectors, None, similar, np.random.default_rng(1))
+                seconds = seconds_of[dim, n] = index.seconds + neighbours.seconds
+                counts = neighbours.counts
                 print(
-                    f"brute force N={n:,}: did not finish in {args.brute_cap:.0f} s "
-                    f"(ours {ours[n]:.1f} s: more than {args.brute_cap / ours[n]:.0f}x faster); "
-                    "larger sizes not tried"
+                    f"dim={dim:>4} N={n:>9,}: index {index.seconds:6.1f} s "
+                    f"({index.counts['shards']} shards, {index.counts['exact_shards']} exact) "
+                    f"+ neighbors {neighbours.seconds:6.1f} s = {seconds:6.1f} s; "
+                    f"peak memory {peak / 2**30:.2f} GiB; recall@{K} {recall:.4f} (exact "
+                    f"answers of {min(RECALL_SAMPLE, n)} sampled SKUs); stage's estimate "
+                    f"{counts.get('recall_at_k')} (min shard {counts.get('recall_at_k_min')}); "
+                    f"{counts['skus_with_full_k']:,} of {counts['skus']:,} SKUs with {K}"
                 )
-                break
-            print(
-                f"brute force N={n:,}: {seconds:.1f} s; ours {ours[n]:.1f} s: "
-                f"{seconds / ours[n]:.1f}x faster"
-            )
+                ctx.layout.work.rmtree()
+            timed = [(n, seconds_of[dim, n]) for n in args.sizes]
+            for (n0, s0), (n1, s1) in zip(timed, timed[1:], strict=False):
+                exponent = np.log(s1 / s0) / np.log(n1 / n0)
+                print(
+                    f"  dim={dim}: {n0:,} -> {n1:,}: time x{s1 / s0:.2f} for N x{n1 / n0:.1f} "
+                    f"(~N^{exponent:.2f})"
+                )
+        for n in args.sizes:
+            for d0, d1 in zip(args.dim, args.dim[1:], strict=False):
+                s0, s1 = seconds_of[d0, n], seconds_of[d1, n]
+                print(f"  N={n:,}: dim {d0} -> {d1}: time x{s1 / s0:.2f} for dim x{d1 / d0:.1f}")
+
+        for dim in args.dim:
+            for n in args.brute_sizes:
+                category, vectors = synthetic_vectors(n, dim)
+                if (dim, n) not in seconds_of:
+                    ctx, index, neighbours, _ = run_ours(n, dim, category, vectors)
+                    seconds_of[dim, n] = index.seconds + neighbours.seconds
+                else:
+                    ctx = RunContext(config, dt.date(2026, 1, 1) + dt.timedelta(days=next(runs)))
+                    write_run(ctx.layout.work, category, vectors)
+                ours = seconds_of[dim, n]
+                seconds = brute_force(spark, ctx.layout.embeddings, args.brute_cap)
+                ctx.layout.work.rmtree()
+                if seconds is None:
+                    print(
+                        f"brute force dim={dim} N={n:,}: did not finish in {args.brute_cap:.0f} s "
+                        f"(ours {ours:.1f} s: more than {args.brute_cap / ours:.0f}x faster); "
+                        "larger sizes not tried"
+                    )
+                    break
+                print(
+                    f"brute force dim={dim} N={n:,}: {seconds:.1f} s; ours {ours:.1f} s: "
+                    f"{seconds / ours:.1f}x faster"
+                )
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
