@@ -2,6 +2,12 @@
 
 Nothing is dropped silently: every input row ends either in ``catalog`` or in ``rejects``,
 and a reject carries a machine-readable reason, a human-readable detail and the raw row.
+
+Ids and categories are trimmed of leading and trailing spaces (``" A1"`` is ``A1`` everywhere,
+duplicate detection included) and must hold no control character (U+0000-U+001F, U+007F: a tab
+or line break in an id is a broken feed, not padding). Titles are kept as sent, newlines and
+all, except NUL (U+0000), which is removed: it means nothing in a title and breaks what reads
+the tables downstream (PostgreSQL text refuses it, C-string tools cut the title there).
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ from pyspark.sql.window import Window
 from lookalike.images import IMAGE_OUTSIDE_ROOTS, local_path
 
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
-OPTIONAL_COLUMNS = ("title", "updated_at")
+# category_path: "Women > Dresses > Maxi", the category's place in the shop's tree (levels
+# separated by ">"); where a small category borrows similar items (lookalike.neighbors).
+OPTIONAL_COLUMNS = ("title", "updated_at", "category_path")
 
 # Reason codes, checked in this order; a row is rejected for the first that applies.
 MISSING_SKU_ID = "missing_sku_id"
+INVALID_SKU_ID = "invalid_sku_id"
+SKU_ID_TOO_LONG = "sku_id_too_long"
 DUPLICATE_SKU_ID = "duplicate_sku_id"
 MISSING_CATEGORY = "missing_category"
+INVALID_CATEGORY = "invalid_category"
 MISSING_IMAGE_URI = "missing_image_uri"
 INVALID_IS_ACTIVE = "invalid_is_active"
 INVALID_UPDATED_AT = "invalid_updated_at"
@@ -39,6 +50,7 @@ CATALOG_SCHEMA = T.StructType(
         T.StructField("title", T.StringType(), True),
         T.StructField("is_active", T.BooleanType(), False),
         T.StructField("updated_at", T.TimestampType(), True),
+        T.StructField("category_path", T.StringType(), True),
     ]
 )
 
@@ -52,6 +64,12 @@ REJECTS_SCHEMA = T.StructType(
         T.StructField("record", T.StringType(), True),
     ]
 )
+
+# The C0 controls and DEL (Java regex, run by Spark).
+_CONTROL_CHARACTER = r"[\x00-\x1f\x7f]"
+# An id this long is a shifted column or an unclosed quote that swallowed the rows after it, not
+# an id; it would also key every join and the storefront's lookups (catalog.max_sku_id_length).
+DEFAULT_MAX_SKU_ID_LENGTH = 256
 
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
@@ -76,6 +94,8 @@ def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame
         # spark.sql.legacy.parquet.nanosAsLong); the footers say which columns they are.
         for name in _nanosecond_timestamp_columns(path):
             raw_df = raw_df.withColumn(name, F.timestamp_micros(F.floor(F.col(name) / 1000)))
+    if not raw_df.columns:
+        raise CatalogError(f"catalog {path} is empty: no header row, no columns")
     missing = [c for c in REQUIRED_COLUMNS if c not in raw_df.columns]
     if missing:
         raise CatalogError(
@@ -100,8 +120,31 @@ def _nanosecond_timestamp_columns(path: str) -> list[str]:
 
 
 def blank_to_null(col: Column) -> Column:
+    """``col`` without leading and trailing spaces (U+0020 only: other whitespace is a control
+    character or kept), null when nothing is left."""
     trimmed = F.trim(col)
     return F.when(trimmed == "", None).otherwise(trimmed)
+
+
+def first_control_character(col: Column) -> Column:
+    """The first control character (U+0000-U+001F, U+007F) of ``col``; "" when it has none."""
+    return F.regexp_extract(col, _CONTROL_CHARACTER, 0)
+
+
+def control_character_detail(name: str, col: Column) -> Column:
+    """``sku_id holds control character U+0000 at position 3``: the character by its code point,
+    never itself (the detail is read in terminals, logs and spreadsheets); the position counted
+    in characters from 1."""
+    char = first_control_character(col)
+    return F.format_string(
+        f"{name} holds control character U+%04X at position %d",
+        F.ascii(char),
+        F.position(char, col),
+    )
+
+
+def without_nul(col: Column) -> Column:
+    return F.regexp_replace(col, r"\x00", "")
 
 
 def parse_is_active(col: Column) -> Column:
@@ -141,16 +184,35 @@ def _is_under(path: str, root: str) -> bool:
 
 
 def validate_catalog(
-    raw_df: DataFrame, *, run_id: str, base_dir: str, image_roots: list[str]
+    raw_df: DataFrame,
+    *,
+    run_id: str,
+    base_dir: str,
+    image_roots: list[str],
+    max_sku_id_length: int = DEFAULT_MAX_SKU_ID_LENGTH,
 ) -> tuple[DataFrame, DataFrame]:
-    """Split a raw snapshot into (catalog_df, rejects_df); every input row lands in one."""
+    """Split a raw snapshot into (catalog_df, rejects_df); every input row lands in one.
+
+    Checks, in order (a row gets the first reason that applies): ``missing_sku_id``,
+    ``invalid_sku_id`` (a control character), ``sku_id_too_long`` (over ``max_sku_id_length``
+    characters), ``duplicate_sku_id`` (every copy, ids compared trimmed), ``missing_category``,
+    ``invalid_category``, ``missing_image_uri``, ``image_outside_roots``, ``invalid_is_active``,
+    ``invalid_updated_at``. A reject's ``record`` is the row as read, before trimming (JSON, so a
+    control character is escaped there).
+    """
+    if max_sku_id_length < 1:
+        raise ValueError(f"max_sku_id_length must be >= 1, got {max_sku_id_length}")
     roots = image_roots or [base_dir]
     resolve = resolve_image_uris(base_dir, roots)
     by_sku = Window.partitionBy("sku_id")
     checked_df = (
         raw_df.withColumn("record", F.to_json(F.struct(*raw_df.columns)))
+        # The detail names a control character's position in the value as sent.
+        .withColumn("sku_id_raw", F.col("sku_id"))
+        .withColumn("category_raw", F.col("category"))
         .withColumn("sku_id", blank_to_null(F.col("sku_id")))
         .withColumn("category", blank_to_null(F.col("category")))
+        .withColumn("title", without_nul(F.col("title")))
         .withColumn("image_uri", blank_to_null(F.col("image_uri")))
         .withColumn("is_active_parsed", parse_is_active(F.col("is_active")))
         .withColumn("updated_at_raw", blank_to_null(F.col("updated_at")))
@@ -160,8 +222,11 @@ def validate_catalog(
         .withColumn(
             "reason",
             F.when(F.col("sku_id").isNull(), F.lit(MISSING_SKU_ID))
+            .when(first_control_character(F.col("sku_id")) != "", F.lit(INVALID_SKU_ID))
+            .when(F.length("sku_id") > max_sku_id_length, F.lit(SKU_ID_TOO_LONG))
             .when(F.col("n_same_sku") > 1, F.lit(DUPLICATE_SKU_ID))
             .when(F.col("category").isNull(), F.lit(MISSING_CATEGORY))
+            .when(first_control_character(F.col("category")) != "", F.lit(INVALID_CATEGORY))
             .when(F.col("image_uri").isNull(), F.lit(MISSING_IMAGE_URI))
             .when(~F.col("image.is_inside_roots"), F.lit(IMAGE_OUTSIDE_ROOTS))
             .when(F.col("is_active_parsed").isNull(), F.lit(INVALID_IS_ACTIVE))
@@ -174,6 +239,18 @@ def validate_catalog(
             "detail",
             F.when(F.col("reason") == MISSING_SKU_ID, F.lit("sku_id is empty"))
             .when(
+                F.col("reason") == INVALID_SKU_ID,
+                control_character_detail("sku_id", F.col("sku_id_raw")),
+            )
+            .when(
+                F.col("reason") == SKU_ID_TOO_LONG,
+                F.format_string(
+                    f"sku_id is %d characters long, over catalog.max_sku_id_length "
+                    f"{max_sku_id_length}",
+                    F.length("sku_id"),
+                ),
+            )
+            .when(
                 F.col("reason") == DUPLICATE_SKU_ID,
                 F.format_string(
                     "sku_id appears %d times in the snapshot; all copies rejected",
@@ -181,6 +258,10 @@ def validate_catalog(
                 ),
             )
             .when(F.col("reason") == MISSING_CATEGORY, F.lit("category is empty"))
+            .when(
+                F.col("reason") == INVALID_CATEGORY,
+                control_character_detail("category", F.col("category_raw")),
+            )
             .when(F.col("reason") == MISSING_IMAGE_URI, F.lit("image_uri is empty"))
             .when(
                 F.col("reason") == IMAGE_OUTSIDE_ROOTS,
@@ -207,6 +288,9 @@ def validate_catalog(
         "title",
         F.col("is_active_parsed").alias("is_active"),
         "updated_at",
+        # Passed through (blank: none; read_catalog adds it when the feed has none);
+        # neighbors normalises its levels.
+        *[blank_to_null(F.col(c)).alias(c) for c in ("category_path",) if c in raw_df.columns],
     )
     rejects_df = checked_df.filter(F.col("reason").isNotNull()).select(
         F.lit(run_id).alias("run_id"),

@@ -53,6 +53,9 @@ class CatalogSettings(_Section):
     format: Literal["auto", "csv", "parquet"] = "auto"
     # Images must live under one of these folders; empty means the catalog file's folder.
     image_roots: list[str] = Field(default_factory=list)
+    # A longer sku_id is rejected (sku_id_too_long): it is a shifted column or an unclosed quote
+    # that swallowed the rows after it, and every join and storefront lookup is keyed by it.
+    max_sku_id_length: int = Field(default=256, ge=1)
 
 
 class OutputSettings(_Section):

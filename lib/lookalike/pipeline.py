@@ -110,6 +110,12 @@ def _image_roots(ctx: RunContext, catalog_path: str) -> list[str]:
 
 
 def run_ingest(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    """Validate the catalog snapshot into the run's ``catalog`` and ``rejects/ingest``.
+
+    A snapshot with no rows, or none valid, raises ``CatalogError`` (exit code 1) after the
+    rejects are written, so they can be read; the run's ``catalog`` is removed, so no later
+    stage works from an earlier try's, and nothing is published.
+    """
     path = ctx.catalog_path()
     settings = ctx.config.catalog
     raw_df = catalog.read_catalog(spark, path, settings.format)
@@ -117,10 +123,35 @@ def run_ingest(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     # Not persisted: recomputing the checks for the second output measured 3x faster than
     # caching them (ingest 10 s vs 30 s on the demo catalog).
     catalog_df, rejects_df = catalog.validate_catalog(
-        raw_df, run_id=ctx.run_id, base_dir=base_dir, image_roots=_image_roots(ctx, path)
+        raw_df,
+        run_id=ctx.run_id,
+        base_dir=base_dir,
+        image_roots=_image_roots(ctx, path),
+        max_sku_id_length=settings.max_sku_id_length,
     )
     n_valid = _write(catalog_df, ctx.layout.catalog)
     n_rejected = _write(rejects_df, ctx.layout.rejects("ingest"))
+    if n_valid == 0:
+        ctx.layout.catalog.rmtree()
+        if n_rejected == 0:
+            raise catalog.CatalogError(
+                f"catalog {path} has no rows: a header only, or an empty file; "
+                "nothing was published, the tables keep the last published run"
+            )
+        # One row per reason reaches the driver, not the rejects.
+        by_reason = (
+            _read(spark, ctx.layout.rejects("ingest"), "ingest")
+            .groupBy("reason")
+            .count()
+            .orderBy(F.col("count").desc(), "reason")
+            .collect()
+        )
+        reasons = ", ".join(f"{row['count']} {row['reason']}" for row in by_reason)
+        raise catalog.CatalogError(
+            f"all {n_rejected} rows of catalog {path} were rejected: {reasons} "
+            f"(see {ctx.layout.rejects('ingest')}); nothing was published, the tables keep "
+            "the last published run"
+        )
     return {"rows_read": n_valid + n_rejected, "valid": n_valid, "rejected": n_rejected}
 
 
@@ -186,8 +217,16 @@ def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             new_df, embedded = _counted(new_df, "embedded")
             vectors.append(new_df)
             rejects.append(new_rejects_df)
-        n_vectors = _write(_union(vectors), ctx.layout.embeddings)
-        n_rejected = _write(_union(rejects), ctx.layout.rejects("embed"))
+        # An empty catalog (ingest refuses one; a hand-made run folder may hold one) gives
+        # empty outputs with the columns of real ones.
+        no_vectors_df, no_rejects_df = embed.split_embedding_results(
+            catalog_df.filter(F.lit(False)).withColumn(
+                "embedded", F.lit(None).cast(embed.EMBED_RESULT)
+            ),
+            ctx.run_id,
+        )
+        n_vectors = _write(_union(vectors, no_vectors_df), ctx.layout.embeddings)
+        n_rejected = _write(_union(rejects, no_rejects_df), ctx.layout.rejects("embed"))
     finally:
         for df in persisted:
             df.unpersist()
@@ -203,7 +242,11 @@ def run_embed(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     }
 
 
-def _union(dfs: list[DataFrame]) -> DataFrame:
+def _union(dfs: list[DataFrame], empty_df: DataFrame) -> DataFrame:
+    """The rows of every frame in ``dfs``; ``empty_df`` (their columns, no rows) when there are
+    none (reduce has nothing to start from otherwise)."""
+    if not dfs:
+        return empty_df
     return reduce(DataFrame.unionByName, dfs)
 
 
