@@ -167,6 +167,15 @@ class DuplicatesSettings(_Section):
     # Chaining guard: a cluster member's duplicate descriptor must be this similar to the
     # canonical listing's (or share its bytes); others are detached and clustered again.
     chain_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Shared photos (placeholders, logos, blanks): one image shown by at least this many
+    # listings that differ (more than one category, or distinct normalised titles for at
+    # least min_title_share of them) is no duplicate cluster; those listings are set apart
+    # (shared_photos). Measured: benchmarks/shared_photos.py.
+    shared_photo_min_listings: int = Field(default=5, ge=3)
+    shared_photo_min_title_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # A re-encoded copy of the image (pHash within phash_max_distance bits) joins its group
+    # when the duplicate descriptors are at least this alike.
+    shared_photo_min_similarity: float = Field(default=0.98, gt=0.0, le=1.0)
 
 
 class MismatchSettings(_Section):

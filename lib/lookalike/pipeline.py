@@ -23,6 +23,7 @@ from deltalake import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from lookalike import (
     backbones,
@@ -372,25 +373,47 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     catalog_df = _read(spark, ctx.layout.catalog, "duplicates")
     settings = ctx.config.duplicates
     decisions_df = duplicates.latest_decisions(_reviews(spark, ctx)).localCheckpoint()
-    evidence_df = duplicates.merge_pairs(
-        duplicates.content_hash_pairs(embeddings_df),
-        duplicates.phash_pairs(
+    # Placeholders first: their listings are no evidence of anything, for any kind of pair.
+    n_shared = _write(
+        duplicates.shared_photos(
             embeddings_df,
+            catalog_df,
+            run_id=ctx.run_id,
+            min_listings=settings.shared_photo_min_listings,
+            min_title_share=settings.shared_photo_min_title_share,
+            min_similarity=settings.shared_photo_min_similarity,
+            max_distance=settings.phash_max_distance,
+            max_bucket=settings.phash_max_bucket,
+        ),
+        ctx.layout.shared_photos,
+    )
+    shared_df = _read(spark, ctx.layout.shared_photos, "duplicates")
+    own_photo_df = duplicates.without_shared_photos(embeddings_df, shared_df)
+    evidence_df = duplicates.merge_pairs(
+        duplicates.content_hash_pairs(own_photo_df),
+        duplicates.phash_pairs(
+            own_photo_df,
             max_distance=settings.phash_max_distance,
             max_bucket=settings.phash_max_bucket,
             min_similarity=settings.phash_min_similarity,
         ),
         duplicates.confirmed_by_descriptor(
-            duplicates.embedding_pairs(
-                manifest_df,
-                min_similarity=settings.candidate_min_similarity,
-                candidates=settings.candidates_per_sku,
-                search_k=settings.search_k,
+            # The index holds every listing: its answers lose the placeholders here, before
+            # their descriptors are joined.
+            duplicates.without_shared_photos(
+                duplicates.embedding_pairs(
+                    manifest_df,
+                    min_similarity=settings.candidate_min_similarity,
+                    candidates=settings.candidates_per_sku,
+                    search_k=settings.search_k,
+                ),
+                shared_df,
             ),
-            embeddings_df,
+            own_photo_df,
             min_similarity=settings.min_similarity,
         ),
     )
+    # A confirmed review still counts: a merchandiser's word beats tonight's evidence.
     pairs_df = duplicates.apply_decisions(evidence_df, decisions_df)
     n_pairs = _write(pairs_df, ctx.layout.duplicate_pairs)
     pairs_df = _read(spark, ctx.layout.duplicate_pairs, "duplicates")
@@ -417,6 +440,8 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "reviews_applied": decisions_df.count(),
         "clusters": written_df.select("cluster_id").distinct().count(),
         "listings_in_clusters": n_members,
+        "shared_photo_groups": shared_df.select("group_id").distinct().count(),
+        "listings_without_own_photo": n_shared,
     }
 
 
@@ -439,6 +464,10 @@ def run_mismatches(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
 
 REPORT_MAX_CLUSTERS = 500
 REPORT_MAX_MISMATCHES = 200
+# Shared photos (placeholders): the largest groups on the page, and per group the listings
+# (by sku_id) in its CSV; the shared_photos table holds every listing.
+REPORT_MAX_SHARED_GROUPS = 100
+REPORT_MAX_SHARED_LISTINGS = 2000
 
 
 def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -472,6 +501,22 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         .select(*report.MISMATCH_COLUMNS)
         .toPandas()
     )
+    shared_df = _read(spark, ctx.layout.shared_photos, "report")
+    shown_groups_df = (
+        shared_df.select("group_id", "n_listings")
+        .distinct()
+        .orderBy(F.col("n_listings").desc(), "group_id")
+        .limit(REPORT_MAX_SHARED_GROUPS)
+        .select("group_id")
+    )
+    shared = (
+        shared_df.join(shown_groups_df, "group_id")
+        .withColumn("nth", F.row_number().over(Window.partitionBy("group_id").orderBy("sku_id")))
+        .filter(F.col("nth") <= REPORT_MAX_SHARED_LISTINGS)
+        .join(catalog_df.select("sku_id", "title"), "sku_id", "left")
+        .select(*report.SHARED_PHOTO_COLUMNS)
+        .toPandas()
+    )
     totals = {"SKUs in catalog": catalog_df.count()}
     paths = report.write_duplicate_report(
         members,
@@ -480,12 +525,14 @@ def run_report(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         max_clusters=REPORT_MAX_CLUSTERS,
         totals=totals,
         mismatches=flagged,
+        shared_photos=shared,
     )
     log.info("merchandiser report: %s", paths.html)
     return {
         "clusters_shown": int(members["cluster_id"].nunique()),
         "listings_shown": len(members),
         "mismatches_shown": len(flagged),
+        "shared_photo_groups_shown": int(shared["group_id"].nunique()),
     }
 
 
@@ -503,6 +550,7 @@ def run_publish(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "similar_items": ([layout.similar_items], False),
         "duplicate_clusters": ([layout.duplicate_clusters], False),
         "category_mismatches": ([layout.category_mismatches], False),
+        "shared_photos": ([layout.shared_photos], False),
     }
     for folders, _ in sources.values():
         for folder in folders:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 HTML_NAME = "duplicates.html"
 CSV_NAME = "duplicates.csv"
 MISMATCH_CSV_NAME = "category_mismatches.csv"
+SHARED_PHOTOS_CSV_NAME = "shared_photos.csv"
 
 MEMBER_COLUMNS: tuple[str, ...] = (
     "cluster_id",
@@ -57,6 +58,22 @@ MISMATCH_COLUMNS: tuple[str, ...] = (
     "run_id",
 )
 
+# One row per listing that shows a shared photo (a placeholder), of the groups the page shows.
+SHARED_PHOTO_COLUMNS: tuple[str, ...] = (
+    "group_id",
+    "sku_id",
+    "category",
+    "title",
+    "image_uri",
+    "content_hash",
+    "n_listings",
+    "n_categories",
+    "n_titles",
+    "run_id",
+)
+# Titles shown per shared photo: enough to see that the listings are different products.
+SHARED_PHOTO_SAMPLE_TITLES = 6
+
 _JPEG_QUALITY = 80
 # Decoding is mostly C code that releases the GIL, so a few threads cut the driver's wall time on a
 # page of hundreds of photos without the cost of processes.
@@ -70,6 +87,11 @@ class ReportPaths:
     html: Location
     csv: Location
     mismatches_csv: Location
+
+    @property
+    def shared_photos_csv(self) -> Location:
+        # Derived from the page, not a field of its own: every export lies beside the page.
+        return self.html.parent / SHARED_PHOTOS_CSV_NAME
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,19 @@ class _ClusterView:
 
 
 @dataclass(frozen=True)
+class _SharedPhotoView:
+    group_id: str
+    thumb: _Thumb | None
+    n_listings: int
+    # "mugs (15)", most listings first.
+    categories: list[str]
+    n_titles: int
+    sample_titles: list[str | None]
+    # Listings of the group in the CSV (the run may cap them; the table has all).
+    n_exported: int
+
+
+@dataclass(frozen=True)
 class _MismatchView:
     sku_id: str
     title: str | None
@@ -124,6 +159,7 @@ def write_duplicate_report(
     thumb_px: int = 160,
     totals: dict[str, int] | None = None,
     mismatches: pd.DataFrame | None = None,
+    shared_photos: pd.DataFrame | None = None,
 ) -> ReportPaths:
     """Write `out_dir/duplicates.html`, `duplicates.csv` and `category_mismatches.csv` for one
     run; return the paths.
@@ -131,10 +167,12 @@ def write_duplicate_report(
     `members` holds one row per listing of a duplicate cluster (columns: MEMBER_COLUMNS). The page
     shows the `max_clusters` most confident clusters; the CSV holds every row, in the page's order.
     `mismatches` holds listings flagged as looking like another category (MISMATCH_COLUMNS),
-    shown in a section of their own, most confident first. Re-running replaces every file; a
-    reader never sees a half-written one. In the CSVs, text that a spreadsheet would run as a
-    formula (``=HYPERLINK(...)``) starts with a ``'`` (lookalike.csvsafe); numbers stay numbers,
-    and the page shows the true text, escaped.
+    shown in a section of their own, most confident first. `shared_photos` holds listings whose
+    photo many different listings show (SHARED_PHOTO_COLUMNS): a section, largest group first,
+    and `shared_photos.csv` (written when `shared_photos` is given). Re-running replaces every
+    file; a reader never sees a half-written one. In the CSVs, text that a spreadsheet would run
+    as a formula (``=HYPERLINK(...)``) starts with a ``'`` (lookalike.csvsafe); numbers stay
+    numbers, and the page shows the true text, escaped.
     """
     if max_clusters < 0:
         raise ValueError(f"max_clusters must be >= 0, got {max_clusters}")
@@ -148,12 +186,21 @@ def write_duplicate_report(
         )
     )
 
+    shared = _sort_shared_photos(
+        _with_columns(
+            pd.DataFrame() if shared_photos is None else shared_photos,
+            SHARED_PHOTO_COLUMNS,
+            "shared_photos",
+        )
+    )
+
     clusters = list(ordered.groupby("cluster_id", sort=False))
     shown = clusters[:max_clusters]
     hidden = clusters[max_clusters:]
     thumbs = _thumbnails(
         [uri for _, rows in shown for uri in rows["image_uri"].tolist()]
-        + flagged["image_uri"].tolist(),
+        + flagged["image_uri"].tolist()
+        + [_group_image(rows) for _, rows in shared.groupby("group_id", sort=False)],
         thumb_px=thumb_px,
     )
 
@@ -177,6 +224,7 @@ def write_duplicate_report(
             n_hidden_listings=sum(len(rows) for _, rows in hidden),
             thumb_px=thumb_px,
             mismatches=[_mismatch_view(row, thumbs) for row in flagged.itertuples(index=False)],
+            shared_photos=_shared_photo_views(shared, thumbs),
         )
     )
     # Spreadsheets open these: seller text that looks like a formula is made text (after the
@@ -199,6 +247,10 @@ def write_duplicate_report(
     # each is replaced at once (a reader never opens half a page).
     paths.csv.write_text(csv_text)
     paths.mismatches_csv.write_text(mismatch_csv_text)
+    if shared_photos is not None:
+        # Only where the caller has shared photos to tell (the run always does): a page made
+        # from clusters alone gets no empty export it never asked for.
+        paths.shared_photos_csv.write_text(_shared_photos_csv(shared))
     paths.html.write_text(html)
     return paths
 
@@ -230,6 +282,54 @@ def _sort_mismatches(flagged: pd.DataFrame) -> pd.DataFrame:
         na_position="last",
     )
     return order[list(flagged.columns)].reset_index(drop=True)
+
+
+def _sort_shared_photos(rows: pd.DataFrame) -> pd.DataFrame:
+    """Largest group first (then group_id), its listings by sku_id: the page's order, and the
+    CSV's."""
+    order = rows.sort_values(
+        ["n_listings", "group_id", "sku_id"],
+        ascending=[False, True, True],
+        kind="mergesort",
+        na_position="last",
+    )
+    return order[list(rows.columns)].reset_index(drop=True)
+
+
+def _group_image(rows: pd.DataFrame) -> object:
+    """The image most of the group's listings point to (a re-encoded copy is one of a few)."""
+    uris = rows["image_uri"].dropna()
+    return uris.value_counts(sort=True).index[0] if len(uris) else None
+
+
+def _shared_photo_views(
+    shared: pd.DataFrame, thumbs: dict[str, _Thumb | None]
+) -> list[_SharedPhotoView]:
+    views = []
+    for group_id, rows in shared.groupby("group_id", sort=False):
+        counts = rows["category"].dropna().astype(str).value_counts()
+        # Most listings first, then by name: the same page for the same data.
+        categories = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        titles = [None if pd.isna(t) else str(t) for t in rows["title"]]
+        image = _group_image(rows)
+        views.append(
+            _SharedPhotoView(
+                group_id=str(group_id),
+                thumb=thumbs.get(image) if isinstance(image, str) else None,
+                n_listings=int(rows["n_listings"].max()),
+                categories=[f"{name} ({n})" for name, n in categories],
+                n_titles=int(rows["n_titles"].max()),
+                # Distinct titles first: the sample is there to show the listings differ.
+                sample_titles=list(dict.fromkeys(titles))[:SHARED_PHOTO_SAMPLE_TITLES],
+                n_exported=len(rows),
+            )
+        )
+    return views
+
+
+def _shared_photos_csv(shared: pd.DataFrame) -> str:
+    # Seller text (titles, sku ids) made safe for spreadsheets, like the other exports.
+    return spreadsheet_csv(shared)
 
 
 def _mismatch_view(row, thumbs: dict[str, _Thumb | None]) -> _MismatchView:
