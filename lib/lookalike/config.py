@@ -143,6 +143,10 @@ class NeighborsSettings(_Section):
     # Queries sampled per Annoy shard whose exact answers measure recall@k (runs record,
     # gates.min_recall); 0: not measured.
     recall_queries: int = Field(default=200, ge=0)
+    # With a catalog category_path: a category too small for K takes the rest from the
+    # categories under its parent (then grandparent, ...), own-category items first and each
+    # row's `source` naming the ancestor. false: every category keeps to itself.
+    borrow_from_ancestors: bool = True
 
 
 class DuplicatesSettings(_Section):
@@ -204,7 +208,8 @@ class GateSettings(_Section):
     nothing and exits with code 3."""
 
     enabled: bool = True
-    # Active embedded SKUs that get all K similar items.
+    # Active embedded SKUs (with a photo of their own) that get as many similar items as
+    # their category can give: min(K, its distinct products - 1; see lookalike.quality).
     min_full_topk_share: float = Field(default=0.95, ge=0.0, le=1.0)
     # Rejected rows (ingest + embed) / rows read.
     max_reject_rate: float = Field(default=0.2, ge=0.0, le=1.0)

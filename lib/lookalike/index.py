@@ -562,22 +562,27 @@ def pair_shards(manifest_df: DataFrame) -> list[tuple[dict, dict]]:
         for query in members
         for target in members
     ]
-    # Largest work first, so the biggest tasks start first and the small ones fill in.
-    pairs.sort(
-        key=lambda p: (-(p[0]["n_items"] * p[1]["n_items"]), p[0]["shard_id"], p[1]["shard_id"])
-    )
+    pairs.sort(key=_largest_first)
     return pairs
+
+
+def _largest_first(pair: tuple[dict, dict]) -> tuple:
+    # Largest work first, so the biggest tasks start first and the small ones fill in.
+    query, target = pair
+    return (-(query["n_items"] * target["n_items"]), query["shard_id"], target["shard_id"])
 
 
 def map_shard_pairs(
     manifest_df: DataFrame,
     query: Callable[[Shard, Shard], pd.DataFrame],
     schema: T.StructType,
+    pairs: list[tuple[dict, dict]] | None = None,
 ) -> DataFrame:
     """Run ``query(query_shard, target_shard) -> pd.DataFrame`` for every pair of shards of
-    one category, one Spark task per pair (largest first), files opened on the executor."""
+    one category (or for the given ``pairs`` of manifest rows, e.g. across the categories of
+    one parent), one Spark task per pair (largest first), files opened on the executor."""
     spark = manifest_df.sparkSession
-    pairs = pair_shards(manifest_df)
+    pairs = pair_shards(manifest_df) if pairs is None else sorted(pairs, key=_largest_first)
     if not pairs:
         return spark.createDataFrame([], schema)
     encoded = [Row(query=_encode(q), target=_encode(t)) for q, t in pairs]

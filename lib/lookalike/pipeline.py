@@ -293,31 +293,86 @@ def run_index(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     }
 
 
-MAX_EXTRA_NEIGHBOURS = 50
+def _shared_photos(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """The duplicates stage's listings without a photo of their own; None when the run has
+    none (no folder, or a folder without Parquet files: an older run, or a hand-made one)."""
+    folder = ctx.layout.shared_photos
+    if not folder.exists() or not any(p.name.endswith(".parquet") for p in folder.iterdir()):
+        return None
+    return spark.read.parquet(str(folder))
+
+
+def _category_paths(spark: SparkSession, ctx: RunContext) -> DataFrame:
+    """(category, category_path) of the run's catalog; empty without the optional column
+    (or without a catalog: a run folder made from vectors alone)."""
+    if not ctx.layout.catalog.exists():
+        return spark.createDataFrame([], "category string, category_path string")
+    return neighbors.category_paths(_read(spark, ctx.layout.catalog, "neighbors"))
 
 
 def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     manifest_df = _read(spark, ctx.layout.index_manifest, "neighbors")
     clusters_df = _read(spark, ctx.layout.duplicate_clusters, "neighbors")
+    embeddings_df = _read(spark, ctx.layout.embeddings, "neighbors")
+    shared_df = _shared_photos(spark, ctx)
     settings = ctx.config.neighbors
     k, search_k = settings.k, ctx.config.index.search_k
-    # A SKU's own duplicates take places in its answer that are then dropped: ask for
-    # enough more that K remain (capped: a SKU of a giant cluster may then get fewer).
-    largest = clusters_df.groupBy("cluster_id").count().agg(F.max("count")).first()[0] or 1
-    extra = min(largest - 1, MAX_EXTRA_NEIGHBOURS)
-    similar_df = neighbors.similar_items(
-        manifest_df, k=k + extra, search_k=search_k, run_id=ctx.run_id
+    # One row per category (and per ancestor path) reaches the driver, like the manifest.
+    plans, products_under = neighbors.plan_categories(
+        neighbors.eligible_listings(embeddings_df, clusters_df, shared_df),
+        _category_paths(spark, ctx),
+        k,
     )
-    # Merges the sub-shards' candidates of each SKU by score, then keeps k.
-    similar_df = neighbors.without_own_duplicates(similar_df, clusters_df, k)
+    # Clusters take places that are then given to the next products: ask each category's
+    # shards for enough more that K distinct products remain.
+    extra = {category: plan.extra for category, plan in plans.items()}
+    shared_path = None if shared_df is None else str(ctx.layout.shared_photos)
+    candidates = [
+        neighbors.similar_items(
+            manifest_df,
+            k=k,
+            extra=extra,
+            search_k=search_k,
+            run_id=ctx.run_id,
+            shared_photos=shared_path,
+        )
+    ]
+    # Categories too small for K ask their relatives' shards: only their own few listings.
+    borrowing = (
+        neighbors.borrowing_targets(plans, products_under, k)
+        if settings.borrow_from_ancestors
+        else {}
+    )
+    if borrowing:
+        pairs, sources = neighbors.borrowing_pairs(manifest_df, borrowing)
+        candidates.append(
+            neighbors.similar_items(
+                manifest_df,
+                # + 1: a member of the SKU's own cluster in the other category takes a place.
+                k=k + 1,
+                extra=extra,
+                search_k=search_k,
+                run_id=ctx.run_id,
+                pairs=pairs,
+                sources=sources,
+                shared_photos=shared_path,
+            )
+        )
+    # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k.
+    similar_df = neighbors.best_k(neighbors.union_all(candidates), clusters_df, k)
     n_rows = _write(similar_df, ctx.layout.similar_items)
     per_sku = (
         _read(spark, ctx.layout.similar_items, "neighbors")
         .groupBy("sku_id")
-        .count()
+        .agg(
+            F.count(F.lit(1)).alias("count"),
+            F.count_if(F.col("source") != neighbors.OWN_CATEGORY).alias("borrowed"),
+        )
         .agg(
             F.count(F.lit(1)).alias("skus"),
             F.count_if(F.col("count") == k).alias("skus_with_full_k"),
+            F.count_if(F.col("borrowed") > 0).alias("skus_borrowing"),
+            F.sum("borrowed").alias("borrowed_rows"),
         )
         .first()
     )
@@ -325,6 +380,10 @@ def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "rows": n_rows,
         "skus": per_sku["skus"],
         "skus_with_full_k": per_sku["skus_with_full_k"],
+        "skus_borrowing": per_sku["skus_borrowing"] or 0,
+        "borrowed_rows": per_sku["borrowed_rows"] or 0,
+        "categories_borrowing": len(borrowing),
+        "listings_without_own_photo": 0 if shared_df is None else shared_df.count(),
     }
     if settings.recall_queries:
         counts |= _measured_recall(manifest_df, ctx)
@@ -592,6 +651,13 @@ def _check_gates(spark: SparkSession, ctx: RunContext) -> list[quality.GateResul
         rows_rejected=counts.get("ingest", {}).get("rejected", 0)
         + counts.get("embed", {}).get("rejected", 0),
         recall=counts.get("neighbors", {}).get("recall_at_k"),
+        # What each listing can get: its category's products (clusters count once), its
+        # relatives' where it borrows, nothing for listings without a photo of their own.
+        clusters_df=_read(spark, ctx.layout.duplicate_clusters, "publish"),
+        shared_photos_df=_shared_photos(spark, ctx),
+        paths_df=_category_paths(spark, ctx)
+        if ctx.config.neighbors.borrow_from_ancestors
+        else None,
     )
     for result in results:
         log.info(
