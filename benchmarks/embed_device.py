@@ -8,6 +8,8 @@ large to carry to the GPU machine; this is the function its UDF calls.
 Usage:
   .venv/bin/python benchmarks/embed_device.py --backbone resnet50 --device cuda --images 2000
   .venv/bin/python benchmarks/embed_device.py --device cpu --images 200
+  .venv/bin/python benchmarks/embed_device.py --smoke   (16 images through MobileNet-V2 on the
+      CPU: seconds, to show the benchmark still runs)
 
 Weights: ``--weights random`` (the default here) builds the network untrained: speed does not
 depend on the weights, and no ResNet-50 weights can be had offline (environment notes).
@@ -35,7 +37,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--decode-threads", type=int, default=0, help="0: the stage's default")
     parser.add_argument("--image-dir", type=Path, default=DATASET)
+    parser.add_argument("--smoke", action="store_true", help="16 images on the CPU: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.backbone, args.device, args.images, args.batch_size = "mobilenet_v2", "cpu", 16, 8
 
     import torch
 

@@ -9,6 +9,7 @@ Annoy's recall@K against the exact answer is printed beside.
 
 Usage:  .venv/bin/python benchmarks/exact_vs_annoy.py [--dims 128 1280]
             [--sizes 1000 2000 5000 10000 20000 40000] [--k 10]
+        .venv/bin/python benchmarks/exact_vs_annoy.py --smoke   (300 and 600 items: seconds)
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def main() -> int:
         "--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000, 20000, 40000]
     )
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="two small shards: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.dims, args.sizes = [128, 1280], [300, 600]
     sys.stdout.reconfigure(line_buffering=True)
     settings = IndexSettings()
     print(

@@ -18,6 +18,8 @@ cost (copies, checksums, requests), a lower bound for a real bucket.
 Usage:  eval "$(.ci/ceph-s3.sh)"
         LOOKALIKE_TEST_S3=s3://lookalike-bench .venv/bin/python benchmarks/object_storage.py
             [--rows 1000000] [--files 8] [--items 100000] [--dim 128]
+        ... benchmarks/object_storage.py --smoke   (20,000 rows, 2,000 items: seconds; the
+            store is still needed)
 """
 
 from __future__ import annotations
@@ -141,7 +143,10 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help="small table and shard: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.files, args.items = 20_000, 2, 2_000
     if not args.root:
         print("no store: set LOOKALIKE_TEST_S3=s3://bucket or --root (see the docstring)")
         return 2

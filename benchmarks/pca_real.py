@@ -16,6 +16,9 @@ Then a search_k x n_trees grid of Annoy recall@10 on the real vectors, from whic
 defaults of ``index.n_trees`` and ``index.search_k`` are chosen (recall@10 >= 0.95).
 
 Usage:  .venv/bin/python benchmarks/pca_real.py [--vectors /tmp/lookalike-bench/real_vectors.npz]
+        .venv/bin/python benchmarks/pca_real.py --smoke   (1,000 synthetic 1280-d vectors in 10
+            categories, saved and read as real_vectors.py's file, 100 queries: seconds, to
+            show the code still runs; the figures say nothing about real photos)
 """
 
 from __future__ import annotations
@@ -92,18 +95,36 @@ def recall(found, exact) -> float:
     )
 
 
+def synthetic_vectors_file(path: Path, n: int = 1000, dim: int = 1280) -> Path:
+    """A file like real_vectors.py's: clustered vectors, ten categories of styles."""
+    rng = np.random.default_rng(0)
+    category = rng.integers(0, 10, n)
+    styles = rng.integers(0, 20, n)
+    centres = rng.standard_normal((10, 20, dim)).astype(np.float32)
+    vectors = centres[category, styles] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)
+    np.savez(path, vectors=vectors, category=np.array([f"c{c}" for c in category]))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", default=DEFAULT_OUT)
+    parser.add_argument("--smoke", action="store_true", help="synthetic vectors: seconds")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    vectors, category = load_real_vectors(args.vectors)
+    n_queries = QUERIES
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.smoke:
+            args.vectors = synthetic_vectors_file(Path(scratch) / "vectors.npz")
+            n_queries = 100
+        vectors, category = load_real_vectors(args.vectors)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     rng = np.random.default_rng(0)
-    queries = np.sort(rng.choice(len(vectors), size=QUERIES, replace=False))
+    queries = np.sort(rng.choice(len(vectors), size=n_queries, replace=False))
     exact_original = [ids for ids, _ in exact_search(vectors, vectors[queries], K, exclude=queries)]
-    print(f"{len(vectors):,} real photos ({vectors.shape[1]}-d MobileNet-V2), "
-          f"{len(set(category))} categories; {QUERIES} queries; k={K}; one core")  # fmt: skip
+    kind = "synthetic vectors (%d-d)" if args.smoke else "real photos (%d-d MobileNet-V2)"
+    print(f"{len(vectors):,} {kind % vectors.shape[1]}, "
+          f"{len(set(category))} categories; {n_queries} queries; k={K}; one core")  # fmt: skip
     settings = IndexSettings()
     print(f"Annoy n_trees={settings.n_trees}, search_k={settings.search_k}")
     header = ("setting", "dim", "annoy recall", "recall vs 1280-d", "same-cat p@10",
@@ -142,6 +163,8 @@ def main() -> int:
 
     print("\nAnnoy recall@10 against exact, no PCA (search_k -1: n_trees x 2(k+1) nodes):")
     grid_trees, grid_search_k = (10, 20, 50), (-1, 1000, 2000, 5000, 10000)
+    if args.smoke:
+        grid_trees, grid_search_k = (10, 20), (-1, 5000)
     print("n_trees" + "".join(f"{f'search_k {s}':>16}" for s in grid_search_k))
     with tempfile.TemporaryDirectory() as folder:
         for n_trees in grid_trees:

@@ -7,13 +7,17 @@ the ImageNet MobileNet-V2 the job ships by default, and saves (vectors, category
 ``benchmarks/exact_vs_annoy.py --real`` measure recall, speed and index size on.
 
 Usage:  .venv/bin/python benchmarks/real_vectors.py [--out /tmp/lookalike-bench/real_vectors.npz]
+        .venv/bin/python benchmarks/real_vectors.py --smoke   (4 photos of each split, into a
+            temporary file read back: seconds, to show the script still runs)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +45,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="a few photos: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.out = Path(tempfile.mkdtemp(prefix="lookalike-vectors-smoke-")) / "vectors.npz"
     from lookalike.backbones import load_embedder
     from lookalike.config import ModelSettings
     from lookalike.labelled import embed_labelled, grocery_store, image_folders
@@ -54,6 +61,8 @@ def main() -> int:
         grocery_store(DATASETS / "grocery-store", s, with_references=False)
         for s in ("train", "val")
     ]
+    if args.smoke:
+        frames = [f.head(4) for f in frames]
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("image_uri", ignore_index=True)
     frame["category"] = frame["category"].fillna("unknown")
     embedder = load_embedder(ModelSettings(device="cpu"))
@@ -67,6 +76,10 @@ def main() -> int:
         f"{len(vectors)} photos embedded ({vectors.shape[1]}-d, {embedder.model_id}) in "
         f"{seconds:.0f} s -> {out}"
     )
+    if args.smoke:
+        loaded, category = load_real_vectors(out)
+        print(f"read back: {loaded.shape[0]} vectors of {loaded.shape[1]}, {len(category)} labels")
+        shutil.rmtree(out.parent, ignore_errors=True)
     return 0
 
 
