@@ -220,6 +220,10 @@ def main() -> int:
         help="diagnostic: also score every grid setting, trained on all of train, on val",
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the pipeline")
+    parser.add_argument(
+        "--epochs-grid",
+        help=f"comma-separated epochs instead of the grid's {GRID['epochs']} (a shorter run)",
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows live in a redirected log
     root = Path(args.root)
@@ -230,7 +234,10 @@ def main() -> int:
     out = Path(args.out)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     base = FineTuneSettings(seed=args.seed)
-    grid = grid_settings(SMOKE_GRID if args.smoke else GRID, base)
+    grid_spec = dict(SMOKE_GRID if args.smoke else GRID)
+    if args.epochs_grid:
+        grid_spec["epochs"] = tuple(int(e) for e in args.epochs_grid.split(","))
+    grid = grid_settings(grid_spec, base)
     report_splits = [s for s in ("val", "test") if (root / "dataset" / f"{s}.txt").is_file()]
 
     train_all = grocery_store(root, "train")
@@ -275,7 +282,10 @@ def main() -> int:
         held_out, all_maps[rows(held_out)], references, reference_maps, CHOICE_SPLIT
     )
 
-    print(f"\nchoosing on the {CHOICE_SPLIT} ({USED}), {len(grid)} settings, by {CHOICE_METRIC}:")
+    print(
+        f"\nchoosing on the {CHOICE_SPLIT} ({USED}) by {CHOICE_METRIC}, "
+        f"{len(grid)} settings: " + " x ".join(f"{k} {v}" for k, v in grid_spec.items())
+    )
     chosen, scores, choice_seconds = choose(
         grid, evaluator, all_maps[rows(kept)], kept["product_id"].to_numpy()
     )
