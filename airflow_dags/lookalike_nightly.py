@@ -31,26 +31,33 @@ Deploying
    ``LOOKALIKE_SPARK_CONN_ID``  the Spark connection; default ``spark_default``.
 4. A pool for the embedding stage, so that one embedding run at a time has the GPUs:
    ``airflow pools set lookalike_gpu 1 "GPU executors of the lookalike embed stage"``
-   (``LOOKALIKE_GPU_POOL`` names another). Tasks retry with exponential back-off (5 min
-   doubling, at most 1 h); a failed task's callback logs the run's ``runs`` record (status,
-   failing quality gate with its measured value) through ``lookalike run-record``.
-5. The connection gives the master and deploy mode, for instance as an environment variable:
+   (``LOOKALIKE_GPU_POOL`` names another).
+5. Failures. A failed quality gate (the job's exit code 3: the run was measured and nothing
+   was published) fails the publish task at once, never retried: rerunning the same data
+   measures the same figures. Its log names each failed gate with its measured value and
+   limit. Every other failure (exit code 1 or any other, a lost executor, a killed driver)
+   retries with exponential back-off (5 min doubling, at most 1 h, 3 retries). A failed
+   task's callback logs the run's ``runs`` record (status, every gate with its measured
+   value) through ``lookalike run-record``.
+6. The connection gives the master and deploy mode, for instance as an environment variable:
    ``AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'`` for a single
    machine, or ``'{"conn_type": "spark", "host": "yarn", "extra": {"deploy-mode": "cluster"}}'``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowFailException
 
 # Only environment and path arithmetic here: this runs on every parse of the DAG folder.
 LOOKALIKE_HOME = Path(os.environ.get("LOOKALIKE_HOME") or Path(__file__).resolve().parents[1])
@@ -58,36 +65,101 @@ LOOKALIKE_CONF = LOOKALIKE_HOME / (os.environ.get("LOOKALIKE_CONF") or "conf/def
 SPARK_CONN_ID = os.environ.get("LOOKALIKE_SPARK_CONN_ID") or "spark_default"
 GPU_POOL = os.environ.get("LOOKALIKE_GPU_POOL") or "lookalike_gpu"
 
+# The job's exit code for a failed quality gate (lookalike.cli): measured, nothing published.
+EXIT_GATE_FAILED = 3
+# The stage that measures the gates before it publishes.
+GATED_STAGE = "publish"
+
 log = logging.getLogger(__name__)
 
 
-def log_runs_record(context) -> None:
-    """On a task's failure: log what the job recorded for the run (status, failing gates).
+def run_record(run_date: str) -> tuple[dict | None, str]:
+    """The job's ``runs`` record of a run (None when there is none) and the text it printed.
 
     Runs the project's own ``lookalike`` (first on the worker's PATH, like spark-submit): the
     runs table is a Delta table the Airflow venv has no reader for.
     """
-    run_date = context["ds"]
-    task = context["task_instance"].task_id
     command = shutil.which("lookalike")
     if command is None:
-        log.error(
-            "lookalike %s failed for %s; no `lookalike` on PATH to show its record", task, run_date
-        )
-        return
+        return None, "no `lookalike` on PATH to show the run's record"
     shown = subprocess.run(
         [command, "run-record", run_date, "--conf", str(LOOKALIKE_CONF)],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    log.error(
-        "lookalike %s failed for %s; runs record:\n%s%s",
-        task,
-        run_date,
-        shown.stdout,
-        shown.stderr,
-    )
+    try:
+        record = json.loads(shown.stdout) if shown.returncode == 0 else None
+    except ValueError:
+        record = None
+    return record, shown.stdout + shown.stderr
+
+
+def failed_gates(record: dict | None) -> list[str]:
+    """``gate = value (limit)`` for each gate the record says failed."""
+    gates = (record or {}).get("gate_results") or {}
+    return [
+        f"{name} = {gate['value']:.4g} (limit {'>=' if gate['kind'] == 'min' else '<='} "
+        f"{gate['threshold']:g})"
+        for name, gate in sorted(gates.items())
+        if not gate["passed"]
+    ]
+
+
+def log_runs_record(context) -> None:
+    """On a task's failure: log what the job recorded for the run (status, every gate)."""
+    run_date = context["ds"]
+    task = context["task_instance"].task_id
+    _, shown = run_record(run_date)
+    log.error("lookalike %s failed for %s; runs record:\n%s", task, run_date, shown)
+
+
+class LookalikeStageOperator(SparkSubmitOperator):
+    """spark-submit of one stage of the job; a failed quality gate fails at once.
+
+    The hook raises the same exception for every failed spark-submit, and Airflow retries it.
+    A gate failure is deterministic (the same data measures the same figures), so it becomes
+    ``AirflowFailException``, which Airflow never retries. It is recognised by the job's exit
+    code 3 or, where spark-submit does not pass the driver's exit code on (cluster deploy
+    mode), by this try's ``runs`` record saying ``gate_failed``.
+    """
+
+    def execute(self, context):
+        started = datetime.now(UTC)
+        try:
+            return super().execute(context)
+        except Exception as err:
+            gates = self._gate_failure(context["ds"], started)
+            if gates is None:
+                raise
+            raise AirflowFailException(
+                f"lookalike {self.task_id} {context['ds']}: quality gate(s) failed, nothing "
+                f"published, not retried: {'; '.join(gates)}"
+            ) from err
+
+    def _gate_failure(self, run_date: str, started: datetime) -> list[str] | None:
+        """The failed gates when this try stopped at a quality gate, else None (never raises:
+        the spark-submit failure must not be hidden behind one of this check)."""
+        process = getattr(self._hook, "_submit_sp", None)
+        returncode = getattr(process, "returncode", None)
+        if returncode != EXIT_GATE_FAILED and self.task_id != GATED_STAGE:
+            return None
+        try:
+            record, _ = run_record(run_date)
+            recorded = (
+                record is not None
+                and record.get("status") == "gate_failed"
+                and datetime.fromisoformat(str(record.get("finished_at"))) >= started
+            )
+            gates = failed_gates(record) if recorded else []
+        except Exception:
+            log.exception("lookalike %s %s: could not read the runs record", self.task_id, run_date)
+            recorded, gates = False, []
+        if returncode != EXIT_GATE_FAILED and not recorded:
+            return None
+        # Exit code 3 with no readable record still fails fast; the job's own line in the
+        # spark-submit output above names the gates then.
+        return gates or [f"exit code {returncode}, see the job's output above"]
 
 
 STAGES = (
@@ -122,7 +194,7 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     tasks = {
-        stage: SparkSubmitOperator(
+        stage: LookalikeStageOperator(
             task_id=stage,
             name=f"lookalike-{stage}",
             conn_id=SPARK_CONN_ID,
