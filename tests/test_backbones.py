@@ -6,6 +6,9 @@ Networks with random weights here are built behind the explicit flag and only te
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +18,17 @@ from PIL import Image
 from lookalike.backbones import (
     BACKBONES,
     CHECKPOINT_FORMAT,
+    descriptor_similarity,
     load_embedder,
     resolve_model,
     rmac,
     select_device,
 )
-from lookalike.config import ModelSettings
+from lookalike.config import DuplicatesSettings, ModelSettings
+from lookalike.images import decode_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+CLOTHING = REPO.parent / "shared" / "datasets" / "clothing-small"
 
 RANDOM = {"weights": "random", "allow_random_weights": True}
 
@@ -210,9 +218,76 @@ def test_embedder_gives_a_descriptor_per_image_from_the_same_pass(pretrained_wei
     pictures = [Image.new("RGB", (96, 64), colour) for colour in ((200, 30, 30), (30, 30, 200))]
     tensors = [embedder.prepare(p) for p in pictures]
     vectors, descriptors = embedder.embed_tensors_with_rmac(tensors)
-    assert vectors.shape == descriptors.shape == (2, 1280)
-    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
+    assert vectors.shape == (2, 1280)
+    # Two views end to end, each of unit length; without a trimmed view both are the whole.
+    assert descriptors.shape == (2, 2 * 1280)
+    torch.testing.assert_close(descriptors[:, :1280].norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(descriptors[:, :1280], descriptors[:, 1280:])
     torch.testing.assert_close(vectors, embedder.embed_tensors(tensors))
     # Batched or alone, each image's descriptor is its own.
     _, alone = embedder.embed_tensors_with_rmac(tensors[1:])
     torch.testing.assert_close(alone[0], descriptors[1], atol=1e-5, rtol=1e-4)
+
+
+def test_the_trimmed_view_comes_from_the_same_decode_and_only_where_a_border_is_trimmed():
+    embedder = load_embedder(ModelSettings(batch_size=2, **RANDOM))
+    photo = _pictures()[0]
+    framed = Image.new("RGB", (300, 260), "white")
+    framed.paste(photo, (40, 50))
+    assert embedder.prepare_views(photo)[1] is None  # noise reaches every edge
+    whole, trimmed = embedder.prepare_views(framed)
+    torch.testing.assert_close(trimmed, embedder.prepare(photo))
+    _, descriptors = embedder.embed_tensors_with_rmac([whole, whole], [trimmed, None])
+    _, of_photo = embedder.embed_tensors_with_rmac([embedder.prepare(photo)])
+    # First view: the frame as it is; second: the trimmed frame, or the whole one again.
+    torch.testing.assert_close(descriptors[1, :1280], descriptors[0, :1280], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(descriptors[1, 1280:], descriptors[1, :1280])
+    assert not torch.allclose(descriptors[0, 1280:], descriptors[0, :1280], atol=1e-3)
+    torch.testing.assert_close(descriptors[0, 1280:], of_photo[0, :1280], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="1 trimmed views for 2 images"):
+        embedder.embed_tensors_with_rmac([whole, whole], [None])
+
+
+def test_descriptor_similarity_is_the_better_view():
+    a = torch.tensor([[1.0, 0.0, 0.6, 0.8]])
+    b = torch.tensor([[0.0, 1.0, 0.6, 0.8]])
+    torch.testing.assert_close(descriptor_similarity(a, b), torch.tensor([1.0]))
+    torch.testing.assert_close(descriptor_similarity(a, b, views=1), torch.tensor([1.0]))
+    c = torch.tensor([[0.6, 0.8, 0.0, 1.0]])
+    torch.testing.assert_close(descriptor_similarity(a, c), torch.tensor([0.8]))
+
+
+def _pad_onto_white(image: Image.Image, grow: float, at: tuple[float, float]) -> Image.Image:
+    """A seller's copy: the photo on a white canvas ``grow`` times larger, saved as JPEG."""
+    width, height = image.size
+    canvas = Image.new("RGB", (round(width * grow), round(height * grow)), "white")
+    canvas.paste(image, (round(width * at[0]), round(height * at[1])))
+    data = io.BytesIO()
+    canvas.save(data, "JPEG", quality=90)
+    return decode_rgb(data.getvalue(), 64_000_000, draft_size=256)
+
+
+def test_a_real_photo_padded_onto_white_is_a_duplicate_and_other_photos_of_its_kind_are_not(
+    pretrained_weights,
+):
+    """The duplicate descriptor on real photos: a T-shirt photo padded onto a white canvas
+    20% larger (as sellers do) reaches duplicates.min_similarity through the trimmed view,
+    where the whole frame alone loses part of it; five other T-shirt photos stay well below."""
+    folder = CLOTHING / "train" / "t-shirt"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is missing: this test needs the shared clothing photos")
+    photos = [
+        decode_rgb(p.read_bytes(), 64_000_000, draft_size=256)
+        for p in sorted(folder.glob("*.jpg"))[:6]
+    ]
+    padded = _pad_onto_white(photos[0], 1.2, (0.15, 0.05))
+    embedder = load_embedder(ModelSettings(device="cpu"))
+    descriptors = embedder.describe([*photos, padded])
+    original, copy, others = descriptors[:1], descriptors[-1:], descriptors[1:-1]
+    threshold = DuplicatesSettings().min_similarity
+    together = descriptor_similarity(original, copy).item()
+    whole_only = descriptor_similarity(original[:, :1280], copy[:, :1280], views=1).item()
+    assert together >= threshold
+    assert together > whole_only + 0.02
+    apart = descriptor_similarity(original.expand(len(others), -1), others)
+    assert apart.max().item() < threshold - 0.1

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
-from lookalike.backbones import load_embedder
-from lookalike.config import EmbedSettings, ModelSettings
+from lookalike.backbones import descriptor_similarity, load_embedder
+from lookalike.config import DuplicatesSettings, EmbedSettings, ModelSettings
+from lookalike.duplicates import with_cosine
 from lookalike.embed import embed_uris, split_embedding_results, with_embedding_results
 from lookalike.images import ImageLimits
+
+CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 
 pytestmark = pytest.mark.slow
 
@@ -80,12 +86,17 @@ def test_udf_vectors_equal_the_library_call_and_bad_images_are_rejects(
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(vector, expected, atol=1e-5)
         assert got[name].model_id == embedder.model_id
-        # The duplicate descriptor of the same forward pass: unit length, not the vector.
+        # The duplicate descriptor: the whole frame's view (the same forward pass) and the
+        # trimmed frame's, each of unit length, not the vector.
         descriptor = np.asarray(got[name].rmac)
-        assert descriptor.shape == (1280,)
-        assert np.linalg.norm(descriptor) == pytest.approx(1.0, abs=1e-5)
+        assert descriptor.shape == (2 * 1280,)
+        whole, trimmed = descriptor[:1280], descriptor[1280:]
+        assert np.linalg.norm(whole) == pytest.approx(1.0, abs=1e-5)
+        assert np.linalg.norm(trimmed) == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(descriptor, expected_rmac, atol=1e-5)
-        assert float(np.dot(descriptor, vector)) < 0.999
+        assert float(np.dot(whole, vector)) < 0.999
+        # The drawn shapes sit on a white background: the trimmed view is another picture.
+        assert float(np.dot(whole, trimmed)) < 0.999
     # Identical bytes: identical hash and vector; different photos: different ones.
     assert got["copy"].content_hash == got["red-ellipse"].content_hash
     assert got["copy"].embedding == got["red-ellipse"].embedding
@@ -111,3 +122,35 @@ def test_model_id_changes_with_weights_and_preprocessing(pretrained_weights):
     assert (
         load_embedder(ModelSettings(weights="random", allow_random_weights=True)).model_id != base
     )
+
+
+def test_spark_compares_stored_descriptors_view_by_view(spark, tmp_path, pretrained_weights):
+    """A real photo padded onto a white canvas, embedded by the UDF, is confirmed against its
+    original by duplicates.with_cosine (the better of the whole and trimmed views), with the
+    same figure as the library's descriptor_similarity; another photo of its kind is not."""
+    folder = CLOTHING / "train" / "t-shirt"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is missing: this test needs the shared clothing photos")
+    first, second = sorted(folder.glob("*.jpg"))[:2]
+    original = Image.open(first).convert("RGB")
+    canvas = Image.new("RGB", (round(original.width * 1.2), round(original.height * 1.2)), "white")
+    canvas.paste(original, (round(original.width * 0.15), round(original.height * 0.05)))
+    canvas.save(tmp_path / "padded.jpg", quality=90)
+    paths = {"original": first, "padded": tmp_path / "padded.jpg", "other": second}
+    catalog_df = spark.createDataFrame(
+        [(name, "t-shirt", str(path), None, True) for name, path in paths.items()],
+        "sku_id string, category string, image_uri string, title string, is_active boolean",
+    )
+    results_df = with_embedding_results(catalog_df, ModelSettings(), EmbedSettings(), 1)
+    embeddings_df, _ = split_embedding_results(results_df, run_id="r1")
+    embeddings_df = embeddings_df.localCheckpoint()
+    pairs_df = spark.createDataFrame(
+        [("original", "padded"), ("original", "other")], "sku_id_a string, sku_id_b string"
+    )
+    got = {r.sku_id_b: r.cosine for r in with_cosine(pairs_df, embeddings_df).collect()}
+    stored = {r.sku_id: torch.tensor([r.rmac]) for r in embeddings_df.collect()}
+    for name in ("padded", "other"):
+        expected = descriptor_similarity(stored["original"], stored[name]).item()
+        assert got[name] == pytest.approx(expected, abs=1e-5)
+    threshold = DuplicatesSettings().min_similarity
+    assert got["padded"] >= threshold > got["other"]

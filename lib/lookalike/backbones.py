@@ -52,7 +52,12 @@ CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
 # Bumped when the embedding computation changes in a way the recipe below does not capture.
 # 3: an R-MAC duplicate descriptor is stored beside every vector (stored rows without one are
 # re-embedded).
-_RECIPE_VERSION = 3
+# 4: the descriptor holds two views, the whole frame and the frame with its uniform border
+# trimmed (stored one-view descriptors are re-embedded).
+_RECIPE_VERSION = 4
+
+# The views a duplicate descriptor holds, end to end (see ``duplicate_descriptors``).
+DESCRIPTOR_VIEWS = ("whole", "trimmed")
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,7 @@ class ModelSpec:
             "std": _IMAGENET_STD,
             "pool": "avg",
             "norm": "l2",
+            "descriptor": {"pool": "rmac", "levels": 3, "views": list(DESCRIPTOR_VIEWS)},
         }
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.backbone.name}.{self.weights_tag}.{self.preprocessing.crop}px.{digest}"
@@ -383,16 +389,48 @@ class Embedder:
             image = images.trim_uniform_border(image)
         return self._transform(image)
 
+    def prepare_views(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the tensor of ``prepare``, the tensor of the trimmed frame) of one decoded image;
+        None for the second when trimming changes nothing (most photos with a background
+        that reaches an edge, and every image when ``trim_borders`` already trimmed it)."""
+        whole = self.prepare(image)
+        if self.spec.preprocessing.trim_borders:
+            return whole, None
+        trimmed = images.trim_uniform_border(image)
+        return whole, None if trimmed is image else self._transform(trimmed)
+
     def embed_tensors(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """L2-normalised float32 vectors on the CPU, one row per prepared tensor."""
-        return self.embed_tensors_with_rmac(tensors)[0]
+        return self._forward(tensors)[0]
+
+    def embed_tensors_with_rmac(
+        self,
+        tensors: Sequence[torch.Tensor],
+        trimmed: Sequence[torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, duplicate descriptors) on the CPU, one row per prepared tensor.
+
+        ``trimmed`` holds each image's trimmed-frame tensor or None (``prepare_views``).
+        The vector is the network's pooled output of the whole frame; the descriptor is
+        ``duplicate_descriptors`` of the whole frame's last feature map (the same forward
+        pass) and of the trimmed frame's, which costs a second pass only for the images whose
+        border was trimmed."""
+        vectors, whole = self._forward(tensors)
+        if not tensors:
+            return vectors, whole
+        trimmed = list(trimmed) if trimmed is not None else [None] * len(tensors)
+        if len(trimmed) != len(tensors):
+            raise ValueError(f"{len(trimmed)} trimmed views for {len(tensors)} images")
+        views = whole.clone()
+        rows = [i for i, t in enumerate(trimmed) if t is not None]
+        if rows:
+            views[rows] = self._forward([trimmed[i] for i in rows])[1]
+        return vectors, duplicate_descriptors(whole, views)
 
     @torch.inference_mode()
-    def embed_tensors_with_rmac(
-        self, tensors: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors, R-MAC duplicate descriptors), both L2-normalised float32 on the CPU, one
-        row per prepared tensor, from one forward pass."""
+    def _forward(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, R-MAC descriptors), both L2-normalised float32 on the CPU, one row per
+        prepared tensor, from one forward pass."""
         if not tensors:
             return torch.empty((0, 0)), torch.empty((0, 0))
         cuda = self.device.type == "cuda"
@@ -414,6 +452,11 @@ class Embedder:
     def embed(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
         """L2-normalised float32 vectors, one row per image, on the CPU."""
         return self.embed_tensors([self.prepare(picture) for picture in pictures])
+
+    def describe(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
+        """Duplicate descriptors (``duplicate_descriptors``), one row per decoded image."""
+        whole, trimmed = zip(*(self.prepare_views(p) for p in pictures), strict=True)
+        return self.embed_tensors_with_rmac(whole, trimmed)[1]
 
 
 def rmac(maps: torch.Tensor, levels: int = 3) -> torch.Tensor:
@@ -440,6 +483,28 @@ def rmac(maps: torch.Tensor, levels: int = 3) -> torch.Tensor:
                 region = maps[:, :, top : top + side, left : left + side].amax(dim=(2, 3))
                 total += torch.nn.functional.normalize(region, dim=1, eps=1e-12)
     return torch.nn.functional.normalize(total, dim=1, eps=1e-12)
+
+
+def duplicate_descriptors(whole: torch.Tensor, trimmed: torch.Tensor) -> torch.Tensor:
+    """Two-view duplicate descriptors: each row the R-MAC vector of the whole frame, then that
+    of the frame with its uniform border trimmed (the whole frame's again when nothing was
+    trimmed), each of unit length; ``descriptor_similarity`` takes the better view.
+
+    Why two views: a seller's copy padded onto a white canvas moves the product inside the
+    frame and shrinks it, which regional max pooling alone does not undo (padded copies
+    0.879-0.912 from their original on real photos, while different photos of one garment
+    reach 0.945); trimmed, the copy is the original frame again (0.98-0.99). The whole frame
+    stays a view because trimming a soft-shadowed or noisy background moves with JPEG noise
+    (``model.trim_borders`` alone cost re-encoded demo copies), so a re-encoded copy still
+    matches whole to whole."""
+    return torch.cat([whole, trimmed], dim=1)
+
+
+def descriptor_similarity(a: torch.Tensor, b: torch.Tensor, views: int = 2) -> torch.Tensor:
+    """Similarity of duplicate descriptors row by row: the best cosine over the views they
+    hold end to end (the same computation as ``duplicates.with_cosine`` in Spark)."""
+    per_view = (a.reshape(len(a), views, -1) * b.reshape(len(b), views, -1)).sum(dim=2)
+    return per_view.amax(dim=1)
 
 
 def load_embedder(settings: ModelSettings, gpu_addresses: Sequence[str] = ()) -> Embedder:

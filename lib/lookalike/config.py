@@ -87,9 +87,10 @@ class ModelSettings(_Section):
     # Centre-crop size; null: the size the weights were trained at (224 for all built in).
     image_size: int | None = Field(default=None, ge=32, le=1024)
     # Crop away a uniform background border (studio photos on white, padded canvases) before
-    # resizing. Off by default: on planted duplicates of real photos it found padded copies
-    # 100% of the time instead of 50%, but on photos with soft shadows the trimmed frame
-    # moves with JPEG noise and re-encoded copies fell from cosine 0.985 to 0.929.
+    # resizing, for the embedding too. Off by default: on photos with soft shadows the
+    # trimmed frame moves with JPEG noise (re-encoded demo copies fell from cosine 0.985 to
+    # 0.929), and it cost similar items (grocery photo -> iconic Recall@1 36.8% -> 25.0%).
+    # Padded copies need none of it: the duplicate descriptor always holds a trimmed view.
     trim_borders: bool = False
     batch_size: int = Field(default=32, ge=1, le=4096)
     # auto: the GPU when the executor has one, the CPU otherwise.
@@ -150,13 +151,18 @@ class NeighborsSettings(_Section):
 
 
 class DuplicatesSettings(_Section):
-    # Similarity of two listings' duplicate descriptors (R-MAC) above which their photos
-    # count as near-duplicates.
-    min_similarity: float = Field(default=0.94, gt=0.0, le=1.0)
+    # Similarity of two listings' duplicate descriptors (R-MAC of the whole and of the
+    # trimmed frame, the better view) above which their photos count as near-duplicates.
+    # Chosen on planted copies of real clothing photos, seed 7 (benchmarks/
+    # duplicates_quality.py): 0.94 merged 3 hard negatives (re-shots of one garment), 0.945
+    # none, 0.95 lost more crops (recall 0.69 -> 0.60).
+    min_similarity: float = Field(default=0.945, gt=0.0, le=1.0)
     # How many nearest neighbours of each SKU are candidates, and the cosine of their
     # embeddings (similar items' vectors) a candidate needs.
     candidates_per_sku: int = Field(default=10, ge=1, le=1000)
-    candidate_min_similarity: float = Field(default=0.9, gt=0.0, le=1.0)
+    # 0.8: cropped and padded copies fall to embedding cosine 0.72-0.90 from their original
+    # (at 0.9, 7% of padded copies were never compared); the descriptor decides.
+    candidate_min_similarity: float = Field(default=0.8, gt=0.0, le=1.0)
     # Annoy's search effort for those candidates (-1: its default, n_trees x n nodes). A
     # near-copy is among the very nearest, found without the effort similar items need.
     search_k: int = Field(default=-1, ge=-1)

@@ -267,8 +267,8 @@ def descriptor_column(embeddings_df: DataFrame) -> str:
 
 
 def with_cosine(pairs_df: DataFrame, embeddings_df: DataFrame) -> DataFrame:
-    """Pairs with the cosine of their duplicate descriptors; only the descriptors of SKUs in a
-    pair move."""
+    """Pairs with the similarity of their duplicate descriptors (``cosine``: the best cosine
+    over the descriptors' views, ``_dot``); only the descriptors of SKUs in a pair move."""
     skus = (
         pairs_df.select(F.col("sku_id_a").alias("sku_id"))
         .union(pairs_df.select(F.col("sku_id_b").alias("sku_id")))
@@ -517,8 +517,25 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
     return merge_pairs(kept, confirmed)
 
 
-def _dot(a: F.Column, b: F.Column) -> F.Column:
+def _plain_dot(a: F.Column, b: F.Column) -> F.Column:
     return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
+
+
+def _dot(a: F.Column, b: F.Column) -> F.Column:
+    """The similarity of two duplicate descriptors: the best cosine over the unit-length
+    views they hold end to end (``lookalike.backbones.duplicate_descriptors``: the whole
+    frame, then the trimmed frame). A descriptor's squared length is its number of views,
+    so an embedding (one view) gets its plain cosine."""
+    views = F.greatest(F.round(_plain_dot(a, a)).cast("int"), F.lit(1))
+    width = (F.size(a) / views).cast("int")
+    return F.array_max(
+        F.transform(
+            F.sequence(F.lit(0), views - 1),
+            lambda v: _plain_dot(
+                F.slice(a, v * width + 1, width), F.slice(b, v * width + 1, width)
+            ),
+        )
+    )
 
 
 def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFrame:

@@ -43,7 +43,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("content_hash", T.StringType()),
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
-        # The R-MAC duplicate descriptor of the same forward pass (lookalike.backbones.rmac).
+        # The duplicate descriptor: R-MAC of the whole frame (the same forward pass) and of the
+        # trimmed frame, end to end (lookalike.backbones.duplicate_descriptors).
         T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
@@ -107,15 +108,18 @@ def decode_threads(setting: int, embedder: Embedder) -> int:
     return _GPU_DECODE_THREADS if embedder.device.type == "cuda" else 1
 
 
-def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, torch.Tensor]:
-    """((content hash, pHash, mirrored pHash), prepared tensor) of one image.
+def _load(
+    uri: str, embedder: Embedder, limits: ImageLimits
+) -> tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]]:
+    """((content hash, pHash, mirrored pHash), (prepared tensor, trimmed-frame tensor or
+    None)) of one image.
 
-    Raises ImageRejected if it cannot be used. The perceptual hashes are taken from the
-    image decoded for the network, so they cost no second read or decode.
+    Raises ImageRejected if it cannot be used. The perceptual hashes and the trimmed view are
+    taken from the image decoded for the network, so they cost no second read or decode.
     """
     data = read_bytes(uri, limits)
     image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
-    return (content_hash(data), *phash_with_mirrored(image)), embedder.prepare(image)
+    return (content_hash(data), *phash_with_mirrored(image)), embedder.prepare_views(image)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -133,7 +137,7 @@ def embed_uris(
     batch before (PIL releases the GIL while decoding): what keeps a GPU busy.
     """
 
-    def load(uri: str) -> tuple[tuple, torch.Tensor] | ImageRejected:
+    def load(uri: str) -> tuple[tuple, tuple] | ImageRejected:
         try:
             return _load(uri, embedder, limits)
         except ImageRejected as rejected:
@@ -145,7 +149,9 @@ def embed_uris(
         rows: list[tuple] = []
         for batch in _batches(loaded, embedder.batch_size):
             good = [item for item in batch if not isinstance(item, ImageRejected)]
-            vectors, descriptors = embedder.embed_tensors_with_rmac([t for _, t in good])
+            vectors, descriptors = embedder.embed_tensors_with_rmac(
+                [views[0] for _, views in good], [views[1] for _, views in good]
+            )
             outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
             for item in batch:
                 if isinstance(item, ImageRejected):
