@@ -162,16 +162,17 @@ def test_a_model_returning_constant_vectors_fails_a_gate_and_publishes_nothing(
     )
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
     # Every SKU looks like every other: one giant duplicate cluster per category, so no SKU
-    # has similar items left, and the coverage gate stops the run.
-    assert "full_topk_share = 0" in done.stderr
+    # has similar items left. A category that is one product owes nobody an item (coverage
+    # reads complete), so the spread gate is what stops the run: no best score at all.
+    assert "top1_score_spread = 0" in done.stderr
     tables = tmp_path / "out" / "tables"
     # Nothing the storefront reads was written; only the runs record says what happened.
     assert sorted(p.name for p in tables.iterdir()) == ["runs"]
     record = DeltaTable(str(tables / "runs")).to_pyarrow_table().to_pylist()
     assert len(record) == 1 and record[0]["status"] == "gate_failed"
     gates = json.loads(record[0]["gate_results"])
-    assert gates["full_topk_share"]["passed"] is False
-    assert gates["full_topk_share"]["value"] == 0.0
+    assert gates["top1_score_spread"]["passed"] is False
+    assert gates["top1_score_spread"]["value"] == 0.0
     assert gates["reject_rate"]["passed"] is True
 
 
