@@ -13,6 +13,8 @@ Measures, on N real photos of ../shared/datasets/clothing-small (default 1,000):
   (e) the peak resident memory of a Python worker while embedding.
 
 Usage:  .venv/bin/python benchmarks/embed_throughput.py [--images 1000] [--threads 2]
+        .venv/bin/python benchmarks/embed_throughput.py --smoke   (20 photos, every part:
+            seconds of work, to show the benchmark still runs; the figures mean nothing)
 Prints one figure per line; takes about 5 minutes on 2 cores.
 """
 
@@ -117,7 +119,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="cores for both (a) and (b)")
     parser.add_argument("--changed", type=float, default=0.01, help="share changed for (d)")
     parser.add_argument("--skip-udf-comparison", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="20 photos: seconds of work")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.changed = 20, 0.05
     if not DATASET.is_dir():
         sys.exit(f"{DATASET} is missing: this benchmark needs the shared clothing photos")
 
