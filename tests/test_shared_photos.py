@@ -247,7 +247,7 @@ def shop(tmp_path_factory) -> Path:
         category, thing = ("shirts", "shirt") if i % 2 else ("mugs", "mug")
         title = (
             HOSTILE
-            if i == 7
+            if i == 3  # among the first titles by sku_id, which the page samples
             else f"{['Linen', 'Wool', 'Silk', 'Denim', 'Cotton'][i % 5]} {thing} no. {i}"
         )
         rows.append((sku, category, name, title))

@@ -182,7 +182,7 @@ class DuplicatesSettings(_Section):
     # least min_title_share of them) is no duplicate cluster; those listings are set apart
     # (shared_photos). Measured: benchmarks/shared_photos.py.
     shared_photo_min_listings: int = Field(default=5, ge=3)
-    shared_photo_min_title_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    shared_photo_min_title_share: float = Field(default=0.6, gt=0.0, le=1.0)
     # A re-encoded copy of the image (pHash within phash_max_distance bits) joins its group
     # when the duplicate descriptors are at least this alike.
     shared_photo_min_similarity: float = Field(default=0.98, gt=0.0, le=1.0)
