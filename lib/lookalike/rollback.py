@@ -29,6 +29,7 @@ RESTORABLE = (
     "similar_items",
     "duplicate_clusters",
     "category_mismatches",
+    "shared_photos",
 )
 
 
@@ -72,6 +73,11 @@ def rollback_to_run(
     """Restore ``names`` to the versions ``run_id`` published; returns their new versions."""
     versions = versions_of_run(tables_dir, run_id)
     missing = [n for n in names if n not in versions]
-    if missing:
+    if missing == ["shared_photos"]:
+        # Runs published before the table existed: the rest of that run is still restorable,
+        # and its shared_photos (none were set apart then) has no version to go back to.
+        log.warning("run %s predates the shared_photos table: left as it is", run_id)
+        names = tuple(n for n in names if n != "shared_photos")
+    elif missing:
         raise RollbackError(f"run {run_id} did not publish {missing}")
     return {name: restore_table(tables_dir / name, versions[name]) for name in names}
