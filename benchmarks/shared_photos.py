@@ -23,7 +23,7 @@ duplicate groups wrongly set apart and the placeholder listings left in clusters
 re-encoding threshold: the descriptor similarity of each re-encoded file to its original
 against that of distinct real photos whose pHashes are within ``phash_max_distance`` bits.
 
-Usage:  .venv/bin/python benchmarks/shared_photos.py [--seed 5] [--ordinary 150]
+Usage:  .venv/bin/python benchmarks/shared_photos.py [--seed 5] [--ordinary 150] [--smoke]
 About 2-4 minutes on 2 cores (the embedding of ~600 photos is most of it).
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import os
 import random
 import shutil
 import sys
@@ -45,6 +46,10 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "datasets" / "clothing-small" / "test"
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("TORCH_HOME", str(REPO / ".cache" / "torch"))
 
 COLOURS = ["red", "blue", "black", "white", "green", "grey", "navy", "beige", "pink", "olive"]
 MATERIALS = ["cotton", "linen", "wool", "denim", "silk", "fleece", "leather", "jersey"]
@@ -113,7 +118,9 @@ def _placeholders() -> dict[str, Image.Image]:
     return {"grey": grey, "blank": blank, "logo": logo, "soon": soon}
 
 
-def build_catalog(folder: Path, seed: int, n_ordinary: int) -> list[Listing]:
+def build_catalog(
+    folder: Path, seed: int, n_ordinary: int, *, smoke: bool = False
+) -> list[Listing]:
     rng = random.Random(seed)
     photos = sorted(DATASET.glob("*/*.jpg"))
     rng.shuffle(photos)
@@ -136,8 +143,10 @@ def build_catalog(folder: Path, seed: int, n_ordinary: int) -> list[Listing]:
         shutil.copy(photo, folder / name)
         cat = photo.parent.name
         listings.append(Listing(sku(), cat, name, _title(rng, cat), "", "ordinary", photo.name))
-    for k in range(2, 9):
-        for g in range(3):
+    # The smoke mode plants one group of each kind that matters: a pair, a seller's 5 copies,
+    # placeholders below and above the size gate.
+    for k in (2, 5) if smoke else range(2, 9):
+        for g in range(1 if smoke else 3):
             photo = next(used)
             cat = photo.parent.name
             group = f"dup-k{k}-{g}"
@@ -169,7 +178,7 @@ def build_catalog(folder: Path, seed: int, n_ordinary: int) -> list[Listing]:
                     )
                 )
     designs = list(_placeholders())
-    sizes = [3, 4, 5, 6, 8, 10, 15, 20, 30, 40]
+    sizes = [3, 6] if smoke else [3, 4, 5, 6, 8, 10, 15, 20, 30, 40]
     for j, size in enumerate(sizes):
         for n_cats in (1, 2):
             design = designs[(j + n_cats) % len(designs)]
@@ -217,7 +226,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--ordinary", type=int, default=150)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few groups, 10 ordinary listings: seconds"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.ordinary = 10
     if not DATASET.is_dir():
         sys.exit(f"{DATASET} not found: this benchmark needs ../shared/datasets/clothing-small")
     from pyspark.sql import functions as F
@@ -226,7 +240,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="shared-photos-"))
     (work / "images").mkdir()
-    listings = build_catalog(work / "images", args.seed, args.ordinary)
+    listings = build_catalog(work / "images", args.seed, args.ordinary, smoke=args.smoke)
     by_sku = {x.sku_id: x for x in listings}
     print(f"catalog: {len(listings)} listings (seed {args.seed}) in {work}")
     started = time.perf_counter()

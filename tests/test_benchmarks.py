@@ -78,6 +78,11 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"^20 +# +#ms +# +#ms$",
     ),
     "real_vectors.py": (r"# photos embedded \(1280-d", "read back: # vectors of 1280"),
+    "shared_photos.py": (
+        r"catalog: # listings \(seed #\)",
+        r"placeholder listings set apart: +# of #",
+        r"real duplicate listings in a cluster: +# of #",
+    ),
     "topk_scale.py": (
         r"dim= 128 N= +3,000: index +# s .* recall@10 #",
         r"dim=1280 N= +3,000: index +# s \(# shards, # exact\) .* recall@10 #",
@@ -110,6 +115,7 @@ DATASETS_OF = {
     "embed_throughput.py": (CLOTHING,),
     "grocery_finetune.py": (GROCERY,),
     "real_vectors.py": (CLOTHING, GROCERY),
+    "shared_photos.py": (CLOTHING,),
 }
 # Scripts that measure an S3 store (the object-storage tests' store, LOOKALIKE_TEST_S3).
 NEEDS_S3 = {"object_storage.py"}
@@ -121,6 +127,7 @@ PRETRAINED = {
     "embed_throughput.py",
     "grocery_finetune.py",
     "real_vectors.py",
+    "shared_photos.py",
 }
 
 
