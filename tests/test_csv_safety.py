@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from lookalike import mismatch, tables
+from lookalike import duplicates, mismatch, tables
 from lookalike.config import Config
 from lookalike.csvsafe import spreadsheet_safe, spreadsheet_safe_frame
 from lookalike.pipeline import RunContext, run_ingest, run_report
@@ -175,8 +175,17 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
         [("D", "mugs", "=cat", 0.75, 0.0, 0.5, -0.25, ["=A"], ["=cat"], "m", RUN_ID)],
         mismatch.MISMATCH_SCHEMA,
     ).write.parquet(str(ctx.layout.category_mismatches))
+    # No listing without a photo of its own: the duplicates stage writes an empty frame.
+    spark.createDataFrame([], duplicates.SHARED_PHOTOS_SCHEMA).write.parquet(
+        str(ctx.layout.shared_photos)
+    )
     counts = run_report(spark, ctx)
-    assert counts == {"clusters_shown": 1, "listings_shown": 3, "mismatches_shown": 1}
+    assert counts == {
+        "clusters_shown": 1,
+        "listings_shown": 3,
+        "mismatches_shown": 1,
+        "shared_photo_groups_shown": 0,
+    }
 
     report_dir = Path(str(ctx.layout.report_dir))
     rows = {row["sku_id"]: row for row in _read_csv(report_dir / "duplicates.csv")}
