@@ -20,7 +20,6 @@ from (``category`` or the ancestor path), own-category rows first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -426,11 +425,3 @@ def borrowing_pairs(
                     pairs.append((query, target))
                     sources[(query["shard_id"], target["shard_id"])] = source
     return pairs, sources
-
-
-def union_all(dfs: Iterable[DataFrame]) -> DataFrame:
-    dfs = list(dfs)
-    result = dfs[0]
-    for df in dfs[1:]:
-        result = result.unionByName(df)
-    return result

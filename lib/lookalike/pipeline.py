@@ -359,7 +359,7 @@ def run_neighbors(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             )
         )
     # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k.
-    similar_df = neighbors.best_k(neighbors.union_all(candidates), clusters_df, k)
+    similar_df = neighbors.best_k(reduce(DataFrame.unionByName, candidates), clusters_df, k)
     n_rows = _write(similar_df, ctx.layout.similar_items)
     per_sku = (
         _read(spark, ctx.layout.similar_items, "neighbors")
