@@ -6,17 +6,23 @@ for each seed, in a temporary folder:
 - ``--dataset clothing`` (clothing-small): one photo per garment, ten categories;
   ``--dataset grocery`` (grocery-store): shop-floor photos, many of each of 81 products; the
   category is the product's coarse class (Apple, Milk, ...);
-- originals: N photos (default 250) spread over the categories;
+- originals: N photos (default 250) spread over the categories; grocery: at most one photo of
+  each product, and a category of several products keeps one of them out of the originals
+  (about 70 originals);
 - copies: each original gets one or two copies, made with what sellers do to a photo, cycling
   over nine transformations: JPEG re-encode at quality 20-40, downscale to 40-60 %, crop
   keeping 80-90 % of each side, rotation by 3-8 degrees with white fill, brightness and
   contrast changed by 15-25 %, a semi-transparent text watermark, mirror, padding onto a
   white canvas 10-25 % larger, conversion to PNG. Copies other than the JPEG and PNG ones are
   saved as JPEG at quality 90, as a marketplace re-encodes an upload;
-- hard negatives: for each original, another photo whose centre region has the closest mean
-  colour (CIELAB): of the same product where the dataset has several photos of it (grocery:
-  another shot of the same shelf), of the same category otherwise. It is a different photo
-  and no copy of anything.
+- hard negatives: for each original, the photo of its category whose centre region has the
+  closest mean colour (CIELAB) and that shows another product (grocery: a product no original
+  shows, none for an original whose category has one product; clothing: each photo is its
+  own garment). It is a different photo and no copy of anything;
+- re-shots (grocery): for each original, another photo of the same product (the same shelf
+  moments later). The design calls a product listed twice a duplicate listing, the planted
+  truth knows only copies: pairs with a re-shot are left out of the scores and counted on
+  their own line.
 
 Photos that are near-copies of another photo of the dataset (a 16x16 thumbnail correlation
 above 0.995, or identical bytes) are left out, so no two photos the ground truth calls distinct
@@ -86,10 +92,10 @@ class Dataset:
     name: str
     root: Path
     patterns: tuple[str, ...]
-    # A photo's listing category, and the product it shows: hard negatives are other photos
-    # of the same product where the dataset has several (grocery), of the category otherwise.
+    # A photo's listing category, and the product it shows (the photo's folder where the
+    # dataset has several photos of each product: grocery; the category otherwise).
     category_level: int  # parts of the path relative to root: which one is the category
-    same_product_negatives: bool
+    several_photos_per_product: bool
 
 
 DATASETS = {
@@ -141,7 +147,7 @@ Pair = tuple[str, str]
 class Photo:
     path: Path
     category: str
-    product: str  # what it shows: the category itself where the dataset has one photo each
+    product: str  # what it shows: the photo itself where the dataset has one photo each
     colour: np.ndarray  # mean CIELAB of the centre region
     thumb: np.ndarray  # 16x16 grey, mean-free, unit norm
     sha256: str
@@ -185,7 +191,7 @@ def describe_photo(path: Path, dataset: Dataset) -> Photo:
     return Photo(
         path=path,
         category=category,
-        product=path.parent.name if dataset.same_product_negatives else category,
+        product=path.parent.name if dataset.several_photos_per_product else str(path),
         colour=_srgb_to_lab(centre.reshape(-1, 3)).mean(axis=0),
         thumb=thumb,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -305,9 +311,11 @@ class Listing:
     category: str
     path: Path
     role: str  # original, copy, negative
-    original: str | None = None  # a copy's original sku_id
+    # A copy's original sku_id; a hard negative's or re-shot's: the original it was drawn for.
+    original: str | None = None
     transform: str | None = None
     detail: str = ""
+    product: str = ""  # what its photo shows (a copy: its original's product)
 
 
 @dataclass(frozen=True)
@@ -338,6 +346,48 @@ def describe_dataset(dataset: Dataset) -> PhotoPool:
     return PhotoPool(dataset, photos, n_dropped, len(paths))
 
 
+def _draw_originals(
+    pools: dict[str, list[Photo]], n_originals: int, one_per_product: bool
+) -> list[Photo]:
+    """Up to ``n_originals`` photos, round-robin over the categories, popped from ``pools``.
+
+    With ``one_per_product`` (a dataset with many photos of each product) no two originals
+    show the same product, and a category of several products keeps one of them out of the
+    originals, for hard negatives of the same category that show a different product."""
+    categories = sorted(pools)
+    used_products: set[str] = set()
+    held_back = {
+        c: sorted({p.product for p in pools[c]})[0]
+        for c in categories
+        if one_per_product and len({p.product for p in pools[c]}) > 1
+    }
+    originals: list[Photo] = []
+    exhausted: set[str] = set()
+    for i in itertools.count():
+        if len(originals) == n_originals or len(exhausted) == len(categories):
+            break
+        category = categories[i % len(categories)]
+        pool = pools[category]
+        if not one_per_product:
+            if pool:
+                originals.append(pool.pop())
+            else:
+                exhausted.add(category)
+            continue
+        fresh = [
+            j
+            for j, p in enumerate(pool)
+            if p.product not in used_products and p.product != held_back.get(category)
+        ]
+        if not fresh:
+            exhausted.add(category)
+            continue
+        photo = pool.pop(fresh[-1])
+        used_products.add(photo.product)
+        originals.append(photo)
+    return originals
+
+
 def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) -> PlantedSet:
     photos, dataset = pool_of.photos, pool_of.dataset
     rng = random.Random(seed)
@@ -346,20 +396,15 @@ def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) 
         pools[photo.category].append(photo)
     for pool in pools.values():
         rng.shuffle(pool)
-    categories = sorted(pools)
-    originals: list[Photo] = []
-    for i in itertools.count():
-        if len(originals) == n_originals or not any(pools.values()):
-            break
-        pool = pools[categories[i % len(categories)]]
-        if pool:
-            originals.append(pool.pop())
-    if len(originals) < n_originals:
+    originals = _draw_originals(pools, n_originals, dataset.several_photos_per_product)
+    if len(originals) < n_originals and not dataset.several_photos_per_product:
         sys.exit(f"only {len(originals)} distinct photos under {dataset.root}")
 
     # SKU numbers in a shuffled order, so nothing can be read from their order.
     n_copies = [1 + (rng.random() < 0.5) for _ in originals]
-    sku_numbers = list(range(2 * len(originals) + sum(n_copies)))
+    # (An original, its copies, a hard negative, and a re-shot where the dataset has them.)
+    per_original = 3 if dataset.several_photos_per_product else 2
+    sku_numbers = list(range(per_original * len(originals) + sum(n_copies)))
     rng.shuffle(sku_numbers)
     next_sku = iter(f"SKU-{n:06d}" for n in sku_numbers)
 
@@ -367,7 +412,9 @@ def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) 
     truth: set[Pair] = set()
     transforms = itertools.cycle(TRANSFORMS)
     for original, copies in zip(originals, n_copies, strict=True):
-        source = Listing(next(next_sku), original.category, original.path, "original")
+        source = Listing(
+            next(next_sku), original.category, original.path, "original", product=original.product
+        )
         listings.append(source)
         image = load_photo(original.path)
         group = [source.sku_id]
@@ -381,32 +428,67 @@ def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) 
             path = image_dir / f"{sku}{suffix}"
             copy.save(path, **options)
             listings.append(
-                Listing(sku, original.category, path, "copy", source.sku_id, name, detail)
+                Listing(
+                    sku,
+                    original.category,
+                    path,
+                    "copy",
+                    source.sku_id,
+                    name,
+                    detail,
+                    product=original.product,
+                )
             )
             group.append(sku)
         truth.update(_pair(a, b) for a, b in itertools.combinations(group, 2))
 
-    # A hard negative per original: the unused photo closest in colour of the same product
-    # (another shot of it, where the dataset has several), else of its category.
-    for original in originals:
+    # A hard negative per original: the unused photo closest in colour of its category that
+    # shows another product (datasets with several photos per product: a product no original
+    # shows; an original whose category has no other product gets none).
+    originals_products = {o.product for o in originals}
+    sources = [item for item in listings if item.role == "original"]
+    for original, source in zip(originals, sources, strict=True):
         pool = pools[original.category]
-        if not pool:
-            continue
-        same_product = [i for i, p in enumerate(pool) if p.product == original.product]
-        choices = same_product or range(len(pool))
-        distances = {i: float(np.linalg.norm(pool[i].colour - original.colour)) for i in choices}
-        nearest = min(distances, key=distances.__getitem__)
-        negative = pool.pop(nearest)
-        listings.append(
-            Listing(
-                next(next_sku),
-                negative.category,
-                negative.path,
-                "negative",
-                detail=f"colour dE {distances[nearest]:.1f} from {original.path.name}"
-                + (" (same product)" if same_product else ""),
+        choices = [
+            i
+            for i, p in enumerate(pool)
+            if not dataset.several_photos_per_product or p.product not in originals_products
+        ]
+        if choices:
+            distances = {
+                i: float(np.linalg.norm(pool[i].colour - original.colour)) for i in choices
+            }
+            nearest = min(distances, key=distances.__getitem__)
+            negative = pool.pop(nearest)
+            listings.append(
+                Listing(
+                    next(next_sku),
+                    negative.category,
+                    negative.path,
+                    "negative",
+                    original=source.sku_id,
+                    detail=f"colour dE {distances[nearest]:.1f} from {original.path.name}",
+                    product=negative.product,
+                )
             )
-        )
+        # Where the dataset has several photos of a product: another shot of the original's
+        # product (the same shelf moments later). By the design a listing of the same product
+        # is a duplicate listing, by the planted truth it is not a copy: such pairs are left
+        # out of the scores and reported on their own line.
+        shots = [i for i, p in enumerate(pool) if p.product == original.product]
+        if dataset.several_photos_per_product and shots:
+            shot = pool.pop(shots[0])
+            listings.append(
+                Listing(
+                    next(next_sku),
+                    shot.category,
+                    shot.path,
+                    "reshot",
+                    original=source.sku_id,
+                    detail=f"another photo of {original.product}",
+                    product=shot.product,
+                )
+            )
     return PlantedSet(listings, truth, pool_of.near_copies_left_out, pool_of.dataset_photos)
 
 
@@ -433,7 +515,9 @@ def write_listings(path: Path, listings: Iterable[Listing]) -> None:
     """The ground truth, for looking into a kept run: each listing's role and transformation."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["sku_id", "category", "role", "original", "transform", "detail", "path"])
+        writer.writerow(
+            ["sku_id", "category", "role", "original", "transform", "detail", "product", "path"]
+        )
         for item in sorted(listings, key=lambda x: x.sku_id):
             writer.writerow(
                 [
@@ -443,6 +527,7 @@ def write_listings(path: Path, listings: Iterable[Listing]) -> None:
                     item.original or "",
                     item.transform or "",
                     item.detail,
+                    item.product,
                     str(item.path),
                 ]
             )
@@ -536,8 +621,22 @@ class Scores:
     seconds: float = 0.0
 
 
+def reshots(planted: PlantedSet) -> set[str]:
+    return {item.sku_id for item in planted.listings if item.role == "reshot"}
+
+
+def scored_pairs(predicted: set[Pair], planted: PlantedSet) -> set[Pair]:
+    """The predicted pairs the scores count: all but pairs of two photos of one product that
+    are not copies of each other (a re-shot and its original, two hard negatives drawn from
+    one product): the same product listed twice, which the design calls a duplicate listing
+    and the planted truth (copies only) cannot judge."""
+    product = {item.sku_id: item.product for item in planted.listings}
+    return {p for p in predicted if p in planted.truth or product[p[0]] != product[p[1]]}
+
+
 def score(predicted: set[Pair], planted: PlantedSet, seconds: float = 0.0) -> Scores:
     truth = planted.truth
+    predicted = scored_pairs(predicted, planted)
     tp = len(predicted & truth)
     precision = tp / len(predicted) if predicted else 1.0
     recall = tp / len(truth) if truth else 1.0
@@ -563,6 +662,9 @@ def report(
 ) -> Scores:
     by_sku = {item.sku_id: item for item in planted.listings}
     scores = score(predicted, planted, seconds)
+    shots = reshots(planted)
+    same_product = predicted - scored_pairs(predicted, planted)
+    predicted = scored_pairs(predicted, planted)
     print(f"\n{name}")
     print(
         f"  pairwise precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
@@ -589,6 +691,12 @@ def report(
         print(f"  false positive pairs by kind: {kinds}")
     else:
         print("  false positive pairs: none")
+    if shots or same_product:
+        own = {_pair(shot, by_sku[shot].original) for shot in shots} & same_product
+        print(
+            f"  pairs of two photos of one product, not copies (not scored): {len(same_product)}; "
+            f"re-shots merged with their original: {len(own)} of {len(shots)}"
+        )
     return scores
 
 
@@ -633,7 +741,9 @@ def run_seed(
             f"\n=== {dataset.name}, seed {seed} ===\n"
             f"set built in {time.perf_counter() - started:.0f} s: "
             f"{len(planted.listings)} listings = {roles['original']} originals + "
-            f"{roles['copy']} copies + {roles['negative']} hard negatives, over "
+            f"{roles['copy']} copies + {roles['negative']} hard negatives"
+            + (f" + {roles['reshot']} re-shots" if roles["reshot"] else "")
+            + ", over "
             f"{len({i.category for i in planted.listings})} categories"
         )
         print(
