@@ -93,7 +93,9 @@ class _Reader(threading.Thread):
                     self.seen[name].add(dataset.count_rows())
                 except Exception as err:  # a torn table would show up here
                     self.errors.append(f"{name}: {type(err).__name__}: {err}")
-            time.sleep(0.05)
+            # Often enough to read each table many times per commit window, seldom enough
+            # not to take a core from the runs it watches (2 cores: the JVM, the workers).
+            time.sleep(0.25)
 
 
 def _rows(tables: Path, name: str) -> int:

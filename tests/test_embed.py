@@ -86,13 +86,12 @@ def test_udf_vectors_equal_the_library_call_and_bad_images_are_rejects(
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(vector, expected, atol=1e-5)
         assert got[name].model_id == embedder.model_id
-        # The duplicate descriptor: the whole frame's view (the same forward pass) and the
-        # trimmed frame's, each of unit length, not the vector.
+        # The duplicate descriptor: the whole frame's, the trimmed frame's and the zoomed
+        # centre's views, each of unit length, not the vector.
         descriptor = np.asarray(got[name].rmac)
-        assert descriptor.shape == (2 * 1280,)
-        whole, trimmed = descriptor[:1280], descriptor[1280:]
-        assert np.linalg.norm(whole) == pytest.approx(1.0, abs=1e-5)
-        assert np.linalg.norm(trimmed) == pytest.approx(1.0, abs=1e-5)
+        assert descriptor.shape == (3 * 1280,)
+        whole, trimmed = descriptor[:1280], descriptor[1280:2560]
+        np.testing.assert_allclose(np.linalg.norm(descriptor.reshape(3, 1280), axis=1), 1.0, 1e-5)
         np.testing.assert_allclose(descriptor, expected_rmac, atol=1e-5)
         assert float(np.dot(whole, vector)) < 0.999
         # The drawn shapes sit on a white background: the trimmed view is another picture.
@@ -125,9 +124,10 @@ def test_model_id_changes_with_weights_and_preprocessing(pretrained_weights):
 
 
 def test_spark_compares_stored_descriptors_view_by_view(spark, tmp_path, pretrained_weights):
-    """A real photo padded onto a white canvas, embedded by the UDF, is confirmed against its
-    original by duplicates.with_cosine (the better of the whole and trimmed views), with the
-    same figure as the library's descriptor_similarity; another photo of its kind is not."""
+    """A real photo padded onto a white canvas and one cropped, embedded by the UDF, are
+    confirmed against their original by duplicates.with_cosine (the best of the compared
+    views: trimmed for the padded copy, zoomed against whole for the crop), with the same
+    figure as the library's descriptor_similarity; another photo of its kind is not."""
     folder = CLOTHING / "train" / "t-shirt"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing: this test needs the shared clothing photos")
@@ -136,7 +136,16 @@ def test_spark_compares_stored_descriptors_view_by_view(spark, tmp_path, pretrai
     canvas = Image.new("RGB", (round(original.width * 1.2), round(original.height * 1.2)), "white")
     canvas.paste(original, (round(original.width * 0.15), round(original.height * 0.05)))
     canvas.save(tmp_path / "padded.jpg", quality=90)
-    paths = {"original": first, "padded": tmp_path / "padded.jpg", "other": second}
+    w, h = original.size
+    original.crop((round(w * 0.1), round(h * 0.04), round(w * 0.93), round(h * 0.88))).save(
+        tmp_path / "cropped.jpg", quality=90
+    )
+    paths = {
+        "original": first,
+        "padded": tmp_path / "padded.jpg",
+        "cropped": tmp_path / "cropped.jpg",
+        "other": second,
+    }
     catalog_df = spark.createDataFrame(
         [(name, "t-shirt", str(path), None, True) for name, path in paths.items()],
         "sku_id string, category string, image_uri string, title string, is_active boolean",
@@ -145,12 +154,16 @@ def test_spark_compares_stored_descriptors_view_by_view(spark, tmp_path, pretrai
     embeddings_df, _ = split_embedding_results(results_df, run_id="r1")
     embeddings_df = embeddings_df.localCheckpoint()
     pairs_df = spark.createDataFrame(
-        [("original", "padded"), ("original", "other")], "sku_id_a string, sku_id_b string"
+        [("original", "padded"), ("cropped", "original"), ("original", "other")],
+        "sku_id_a string, sku_id_b string",
     )
-    got = {r.sku_id_b: r.cosine for r in with_cosine(pairs_df, embeddings_df).collect()}
+    got = {
+        ({r.sku_id_a, r.sku_id_b} - {"original"}).pop(): r.cosine
+        for r in with_cosine(pairs_df, embeddings_df).collect()
+    }
     stored = {r.sku_id: torch.tensor([r.rmac]) for r in embeddings_df.collect()}
-    for name in ("padded", "other"):
+    for name in ("padded", "cropped", "other"):
         expected = descriptor_similarity(stored["original"], stored[name]).item()
         assert got[name] == pytest.approx(expected, abs=1e-5)
     threshold = DuplicatesSettings().min_similarity
-    assert got["padded"] >= threshold > got["other"]
+    assert min(got["padded"], got["cropped"]) >= threshold > got["other"]

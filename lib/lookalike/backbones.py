@@ -36,6 +36,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from lookalike import images
 from lookalike.config import ModelSettings
+from lookalike.descriptor import DESCRIPTOR_VIEWS, ZOOM_KEEP, similarities
 from lookalike.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,9 @@ CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
 # re-embedded).
 # 4: the descriptor holds two views, the whole frame and the frame with its uniform border
 # trimmed (stored one-view descriptors are re-embedded).
-_RECIPE_VERSION = 4
-
-# The views a duplicate descriptor holds, end to end (see ``duplicate_descriptors``).
-DESCRIPTOR_VIEWS = ("whole", "trimmed")
+# 5: three views: the whole frame squashed (nothing centre-cropped away), the trimmed frame,
+# and the frame's centre zoomed, compared across to the whole (see ``duplicate_descriptors``).
+_RECIPE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,23 @@ class Preprocessing:
             ]
         )
 
+    def whole_frame_transform(self) -> v2.Compose:
+        """The whole frame squashed to the crop size, for the duplicate descriptor: nothing
+        is centre-cropped away, so a copy cropped or shifted by a seller still shares all
+        it shows (the centre crop of a portrait photo drops a third of its height)."""
+        return v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.Resize(
+                    (self.crop, self.crop),
+                    interpolation=InterpolationMode(self.interpolation),
+                    antialias=True,
+                ),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
+            ]
+        )
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -208,7 +225,12 @@ class ModelSpec:
             "std": _IMAGENET_STD,
             "pool": "avg",
             "norm": "l2",
-            "descriptor": {"pool": "rmac", "levels": 3, "views": list(DESCRIPTOR_VIEWS)},
+            "descriptor": {
+                "pool": "rmac",
+                "levels": 3,
+                "views": list(DESCRIPTOR_VIEWS),
+                "zoom_keep": ZOOM_KEEP,
+            },
         }
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.backbone.name}.{self.weights_tag}.{self.preprocessing.crop}px.{digest}"
@@ -344,6 +366,16 @@ def select_device(setting: str, gpu_addresses: Sequence[str] = ()) -> torch.devi
 # --- the embedder ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Views:
+    """What one decoded image goes through the network as (``Embedder.prepare_views``)."""
+
+    framed: torch.Tensor  # the trained preprocessing (resize, centre crop): the vector's
+    whole: torch.Tensor  # the whole frame squashed to the crop size
+    zoomed: torch.Tensor  # the centre ZOOM_KEEP of each side, squashed
+    trimmed: torch.Tensor | None  # the trimmed frame, framed; None: nothing to trim
+
+
 @dataclass
 class Embedder:
     """A network in eval mode with its preprocessing, ready to embed batches of images.
@@ -360,6 +392,7 @@ class Embedder:
 
     def __post_init__(self) -> None:
         self._transform = self.spec.preprocessing.transform()
+        self._whole_transform = self.spec.preprocessing.whole_frame_transform()
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         # The last feature map of the latest forward pass, for the R-MAC duplicate descriptor
         # (one slot: a caller running the trunk alone, as fine-tuning does, keeps no history).
@@ -389,43 +422,43 @@ class Embedder:
             image = images.trim_uniform_border(image)
         return self._transform(image)
 
-    def prepare_views(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the tensor of ``prepare``, the tensor of the trimmed frame) of one decoded image;
-        None for the second when trimming changes nothing (most photos with a background
-        that reaches an edge, and every image when ``trim_borders`` already trimmed it)."""
-        whole = self.prepare(image)
+    def prepare_views(self, image: Image.Image) -> Views:
+        """The tensors one decoded image goes through the network as (``Views``), all from
+        the same decode."""
+        trimmed = None
         if self.spec.preprocessing.trim_borders:
-            return whole, None
-        trimmed = images.trim_uniform_border(image)
-        return whole, None if trimmed is image else self._transform(trimmed)
+            image = images.trim_uniform_border(image)
+        else:
+            frame = images.trim_uniform_border(image)
+            trimmed = None if frame is image else self._transform(frame)
+        return Views(
+            framed=self._transform(image),
+            whole=self._whole_transform(image),
+            zoomed=self._whole_transform(centre(image, ZOOM_KEEP)),
+            trimmed=trimmed,
+        )
 
     def embed_tensors(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """L2-normalised float32 vectors on the CPU, one row per prepared tensor."""
         return self._forward(tensors)[0]
 
-    def embed_tensors_with_rmac(
-        self,
-        tensors: Sequence[torch.Tensor],
-        trimmed: Sequence[torch.Tensor | None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors, duplicate descriptors) on the CPU, one row per prepared tensor.
+    def embed_views(self, views: Sequence[Views]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, duplicate descriptors) on the CPU, one row per image's ``Views``.
 
-        ``trimmed`` holds each image's trimmed-frame tensor or None (``prepare_views``).
-        The vector is the network's pooled output of the whole frame; the descriptor is
-        ``duplicate_descriptors`` of the whole frame's last feature map (the same forward
-        pass) and of the trimmed frame's, which costs a second pass only for the images whose
-        border was trimmed."""
-        vectors, whole = self._forward(tensors)
-        if not tensors:
-            return vectors, whole
-        trimmed = list(trimmed) if trimmed is not None else [None] * len(tensors)
-        if len(trimmed) != len(tensors):
-            raise ValueError(f"{len(trimmed)} trimmed views for {len(tensors)} images")
-        views = whole.clone()
-        rows = [i for i, t in enumerate(trimmed) if t is not None]
+        The vector is the network's pooled output of the framed view. The descriptor is
+        ``duplicate_descriptors`` of the R-MAC vectors of the whole, trimmed and zoomed
+        views; an image with nothing to trim takes its framed view's, from the vector's
+        pass. Passes: three per image, a fourth where a border was trimmed."""
+        vectors, framed = self._forward([v.framed for v in views])
+        if not views:
+            return vectors, framed
+        whole = self._forward([v.whole for v in views])[1]
+        zoomed = self._forward([v.zoomed for v in views])[1]
+        trimmed = framed.clone()
+        rows = [i for i, v in enumerate(views) if v.trimmed is not None]
         if rows:
-            views[rows] = self._forward([trimmed[i] for i in rows])[1]
-        return vectors, duplicate_descriptors(whole, views)
+            trimmed[rows] = self._forward([views[i].trimmed for i in rows])[1]
+        return vectors, duplicate_descriptors(whole, trimmed, zoomed)
 
     @torch.inference_mode()
     def _forward(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,8 +488,7 @@ class Embedder:
 
     def describe(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
         """Duplicate descriptors (``duplicate_descriptors``), one row per decoded image."""
-        whole, trimmed = zip(*(self.prepare_views(p) for p in pictures), strict=True)
-        return self.embed_tensors_with_rmac(whole, trimmed)[1]
+        return self.embed_views([self.prepare_views(p) for p in pictures])[1]
 
 
 def rmac(maps: torch.Tensor, levels: int = 3) -> torch.Tensor:
@@ -485,26 +517,37 @@ def rmac(maps: torch.Tensor, levels: int = 3) -> torch.Tensor:
     return torch.nn.functional.normalize(total, dim=1, eps=1e-12)
 
 
-def duplicate_descriptors(whole: torch.Tensor, trimmed: torch.Tensor) -> torch.Tensor:
-    """Two-view duplicate descriptors: each row the R-MAC vector of the whole frame, then that
-    of the frame with its uniform border trimmed (the whole frame's again when nothing was
-    trimmed), each of unit length; ``descriptor_similarity`` takes the better view.
+def duplicate_descriptors(
+    whole: torch.Tensor, trimmed: torch.Tensor, zoomed: torch.Tensor
+) -> torch.Tensor:
+    """Three-view duplicate descriptors: each row the R-MAC vectors of the whole frame, of the
+    trimmed frame and of the zoomed centre, end to end, each of unit length.
+    ``descriptor_similarity`` takes the best of whole to whole, trimmed to trimmed, and zoomed
+    to whole either way (``VIEW_PAIRS``).
 
-    Why two views: a seller's copy padded onto a white canvas moves the product inside the
-    frame and shrinks it, which regional max pooling alone does not undo (padded copies
-    0.879-0.912 from their original on real photos, while different photos of one garment
-    reach 0.945); trimmed, the copy is the original frame again (0.98-0.99). The whole frame
-    stays a view because trimming a soft-shadowed or noisy background moves with JPEG noise
-    (``model.trim_borders`` alone cost re-encoded demo copies), so a re-encoded copy still
-    matches whole to whole."""
-    return torch.cat([whole, trimmed], dim=1)
+    Why these views (figures from benchmarks/duplicates_quality.py, clothing seed 7, pairs
+    above duplicates.min_similarity): a seller's copy padded onto a white canvas moves and
+    shrinks the product, which regional max pooling alone does not undo; trimmed, the copy
+    is the original frame again (padded copies 1.00). The whole frame is squashed rather than
+    centre-cropped, so no part of it is lost (re-encoded 0.95 -> 1.00, watermarked 0.81 ->
+    0.88). A crop keeping 80-90% of each side enlarges what is left: the original's zoomed
+    centre meets the crop's whole frame (cropped copies 0.64 -> 0.95). The trimmed view of
+    a photo with nothing to trim is its framed (centre-cropped) one, which keeps re-encoded
+    copies of soft-shadowed photos matching, where trimming moves with JPEG noise."""
+    return torch.cat([whole, trimmed, zoomed], dim=1)
 
 
-def descriptor_similarity(a: torch.Tensor, b: torch.Tensor, views: int = 2) -> torch.Tensor:
-    """Similarity of duplicate descriptors row by row: the best cosine over the views they
-    hold end to end (the same computation as ``duplicates.with_cosine`` in Spark)."""
-    per_view = (a.reshape(len(a), views, -1) * b.reshape(len(b), views, -1)).sum(dim=2)
-    return per_view.amax(dim=1)
+def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Similarity of duplicate descriptors row by row (``lookalike.descriptor.similarities``,
+    the computation ``duplicates.with_cosine`` runs in Spark)."""
+    return torch.from_numpy(similarities(list(a.float().numpy()), list(b.float().numpy())))
+
+
+def centre(image: Image.Image, keep: float) -> Image.Image:
+    """The centre of ``image`` keeping ``keep`` of each side."""
+    width, height = image.size
+    left, top = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
+    return image.crop((left, top, max(left + 1, width - left), max(top + 1, height - top)))
 
 
 def load_embedder(settings: ModelSettings, gpu_addresses: Sequence[str] = ()) -> Embedder:

@@ -42,6 +42,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike.descriptor import similarities
 from lookalike.index import Shard, map_shard_pairs
 
 PAIR_SCHEMA = T.StructType(
@@ -517,25 +518,13 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
     return merge_pairs(kept, confirmed)
 
 
-def _plain_dot(a: F.Column, b: F.Column) -> F.Column:
-    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
-
-
-def _dot(a: F.Column, b: F.Column) -> F.Column:
-    """The similarity of two duplicate descriptors: the best cosine over the unit-length
-    views they hold end to end (``lookalike.backbones.duplicate_descriptors``: the whole
-    frame, then the trimmed frame). A descriptor's squared length is its number of views,
-    so an embedding (one view) gets its plain cosine."""
-    views = F.greatest(F.round(_plain_dot(a, a)).cast("int"), F.lit(1))
-    width = (F.size(a) / views).cast("int")
-    return F.array_max(
-        F.transform(
-            F.sequence(F.lit(0), views - 1),
-            lambda v: _plain_dot(
-                F.slice(a, v * width + 1, width), F.slice(b, v * width + 1, width)
-            ),
-        )
-    )
+@F.pandas_udf(T.FloatType())
+def _dot(a: pd.Series, b: pd.Series) -> pd.Series:
+    """The similarity of two duplicate descriptors (``lookalike.descriptor.similarities``),
+    null where either is. A pandas UDF: Spark's array functions would compute each of the
+    four 1280-long view products, and the view count, once per reference."""
+    values = similarities(list(a), list(b))
+    return pd.Series(pd.array(values, dtype="Float32")).mask(np.isnan(values))
 
 
 def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFrame:

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lookalike.backbones import Embedder, load_embedder
+from lookalike.backbones import Embedder, Views, load_embedder
 from lookalike.config import EmbedSettings, ModelSettings
 from lookalike.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
 from lookalike.perceptual import phash_with_mirrored
@@ -43,8 +43,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("content_hash", T.StringType()),
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
-        # The duplicate descriptor: R-MAC of the whole frame (the same forward pass) and of the
-        # trimmed frame, end to end (lookalike.backbones.duplicate_descriptors).
+        # The duplicate descriptor: R-MAC of the whole frame, of the trimmed frame and of the
+        # zoomed centre, end to end (lookalike.backbones.duplicate_descriptors).
         T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
@@ -108,13 +108,10 @@ def decode_threads(setting: int, embedder: Embedder) -> int:
     return _GPU_DECODE_THREADS if embedder.device.type == "cuda" else 1
 
 
-def _load(
-    uri: str, embedder: Embedder, limits: ImageLimits
-) -> tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]]:
-    """((content hash, pHash, mirrored pHash), (prepared tensor, trimmed-frame tensor or
-    None)) of one image.
+def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, Views]:
+    """((content hash, pHash, mirrored pHash), the network's views) of one image.
 
-    Raises ImageRejected if it cannot be used. The perceptual hashes and the trimmed view are
+    Raises ImageRejected if it cannot be used. The perceptual hashes and every view are
     taken from the image decoded for the network, so they cost no second read or decode.
     """
     data = read_bytes(uri, limits)
@@ -149,9 +146,7 @@ def embed_uris(
         rows: list[tuple] = []
         for batch in _batches(loaded, embedder.batch_size):
             good = [item for item in batch if not isinstance(item, ImageRejected)]
-            vectors, descriptors = embedder.embed_tensors_with_rmac(
-                [views[0] for _, views in good], [views[1] for _, views in good]
-            )
+            vectors, descriptors = embedder.embed_views([views for _, views in good])
             outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
             for item in batch:
                 if isinstance(item, ImageRejected):
