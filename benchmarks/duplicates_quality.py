@@ -49,9 +49,9 @@ Usage:  .venv/bin/python benchmarks/duplicates_quality.py [--dataset clothing|gr
         [--seeds 7,11,13] [--originals 250] [--keep] [--config conf/default.yaml]
         [--skip-peer] [--smoke]
 The defaults were chosen on clothing seed 7; clothing seeds 11 and 13 and grocery seeds are
-reported, not tuned on. Takes about 2.5 minutes per seed on 2 idle cores at the default size
-(the photos are described once per run). ``--smoke``: 12 originals, the first seed only, the
-peer skipped when imagededup is missing; the same figure labels, exit 0. With ``--keep`` the
+reported, not tuned on. Takes about 3.5 minutes per clothing seed on 2 idle cores at the default
+size (the photos are described once per run). ``--smoke``: 12 originals, the first seed only,
+the peer skipped when imagededup is missing; the same figure labels, exit 0. With ``--keep`` the
 temporary folders stay, with the ground truth in ``listings.csv`` (role, original,
 transformation and its parameters per SKU) next to the run's outputs under ``out/``. The peer
 needs the ``bench`` extra: .venv/bin/pip install -e '.[bench]'.
