@@ -154,9 +154,10 @@ class DuplicatesSettings(_Section):
     # Similarity of two listings' duplicate descriptors (R-MAC of the whole frame, the
     # trimmed frame and the zoomed centre; the best compared pair of views) above which their
     # photos count as near-duplicates. Chosen on planted copies of real clothing photos, seed
-    # 7 only (benchmarks/duplicates_quality.py): the lowest with no hard negative merged
-    # (0.945: 6 pairs, precision 0.988, crops 0.95; 0.95: precision 0.994, crops 0.93;
-    # 0.954: precision 1.000, F1 0.990, crops 0.88; 0.956: crops 0.79).
+    # 7 only (benchmarks/duplicates_quality.py): the lowest with no hard negative merged.
+    # A run at 0.945 merged 6 pairs (precision 0.988, crops 0.95); its pairs re-thresholded:
+    # 0.95 precision 0.994, crops 0.93; 0.954 precision 1.000, crops 0.88 (a run at 0.954
+    # agreed: F1 0.990); 0.956 crops 0.79.
     min_similarity: float = Field(default=0.954, gt=0.0, le=1.0)
     # How many nearest neighbours of each SKU are candidates, and the cosine of their
     # embeddings (similar items' vectors) a candidate needs.
