@@ -447,6 +447,18 @@ def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) 
     # shows; an original whose category has no other product gets none).
     originals_products = {o.product for o in originals}
     sources = [item for item in listings if item.role == "original"]
+
+    def drawn_for(source: Listing, photo: Photo, role: str, detail: str) -> Listing:
+        return Listing(
+            next(next_sku),
+            photo.category,
+            photo.path,
+            role,
+            original=source.sku_id,
+            detail=detail,
+            product=photo.product,
+        )
+
     for original, source in zip(originals, sources, strict=True):
         pool = pools[original.category]
         choices = [
@@ -459,36 +471,16 @@ def build_set(n_originals: int, seed: int, image_dir: Path, pool_of: PhotoPool) 
                 i: float(np.linalg.norm(pool[i].colour - original.colour)) for i in choices
             }
             nearest = min(distances, key=distances.__getitem__)
-            negative = pool.pop(nearest)
-            listings.append(
-                Listing(
-                    next(next_sku),
-                    negative.category,
-                    negative.path,
-                    "negative",
-                    original=source.sku_id,
-                    detail=f"colour dE {distances[nearest]:.1f} from {original.path.name}",
-                    product=negative.product,
-                )
-            )
+            detail = f"colour dE {distances[nearest]:.1f} from {original.path.name}"
+            listings.append(drawn_for(source, pool.pop(nearest), "negative", detail))
         # Where the dataset has several photos of a product: another shot of the original's
         # product (the same shelf moments later). By the design a listing of the same product
         # is a duplicate listing, by the planted truth it is not a copy: such pairs are left
         # out of the scores and reported on their own line.
         shots = [i for i, p in enumerate(pool) if p.product == original.product]
         if dataset.several_photos_per_product and shots:
-            shot = pool.pop(shots[0])
-            listings.append(
-                Listing(
-                    next(next_sku),
-                    shot.category,
-                    shot.path,
-                    "reshot",
-                    original=source.sku_id,
-                    detail=f"another photo of {original.product}",
-                    product=shot.product,
-                )
-            )
+            detail = f"another photo of {original.product}"
+            listings.append(drawn_for(source, pool.pop(shots[0]), "reshot", detail))
     return PlantedSet(listings, truth, pool_of.near_copies_left_out, pool_of.dataset_photos)
 
 

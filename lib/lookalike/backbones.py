@@ -525,15 +525,15 @@ def duplicate_descriptors(
     ``descriptor_similarity`` takes the best of whole to whole, trimmed to trimmed, and zoomed
     to whole either way (``VIEW_PAIRS``).
 
-    Why these views (figures from benchmarks/duplicates_quality.py, clothing seed 7, pairs
-    above duplicates.min_similarity): a seller's copy padded onto a white canvas moves and
-    shrinks the product, which regional max pooling alone does not undo; trimmed, the copy
-    is the original frame again (padded copies 1.00). The whole frame is squashed rather than
-    centre-cropped, so no part of it is lost (re-encoded 0.95 -> 1.00, watermarked 0.81 ->
-    0.88). A crop keeping 80-90% of each side enlarges what is left: the original's zoomed
-    centre meets the crop's whole frame (cropped copies 0.64 -> 0.95). The trimmed view of
-    a photo with nothing to trim is its framed (centre-cropped) one, which keeps re-encoded
-    copies of soft-shadowed photos matching, where trimming moves with JPEG noise."""
+    Why these views (figures from a kept benchmarks/duplicates_quality.py set, clothing seed 7:
+    the share of copies at least 0.945 alike, view by view): a seller's copy padded onto a white
+    canvas moves and shrinks the product, which regional max pooling alone does not undo;
+    trimmed, the copy is the original frame again (padded copies 1.00). The whole frame is
+    squashed rather than centre-cropped, so no part of it is lost (re-encoded 0.95 -> 1.00,
+    watermarked 0.81 -> 0.88). A crop keeping 80-90% of each side enlarges what is left: the
+    original's zoomed centre meets the crop's whole frame (cropped copies 0.64 -> 0.95). The
+    trimmed view of a photo with nothing to trim is its framed (centre-cropped) one, which keeps
+    re-encoded copies of soft-shadowed photos matching, where trimming moves with JPEG noise."""
     return torch.cat([whole, trimmed, zoomed], dim=1)
 
 

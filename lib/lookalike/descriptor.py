@@ -31,8 +31,7 @@ def similarities(a: Sequence[np.ndarray | None], b: Sequence[np.ndarray | None])
     number of views, so an embedding (one view) gets its plain cosine and a descriptor of an
     earlier recipe (two views) its own comparisons. NaN where either row is missing.
 
-    Rows are stacked by (length, views), so a batch costs a few matrix operations however
-    many rows it holds."""
+    Rows are grouped by (length, views) and each group compared in one array operation."""
     if len(a) != len(b):
         raise ValueError(f"{len(a)} descriptors against {len(b)}")
     out = np.full(len(a), np.nan, dtype=np.float32)

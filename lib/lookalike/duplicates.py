@@ -269,7 +269,7 @@ def descriptor_column(embeddings_df: DataFrame) -> str:
 
 def with_cosine(pairs_df: DataFrame, embeddings_df: DataFrame) -> DataFrame:
     """Pairs with the similarity of their duplicate descriptors (``cosine``: the best cosine
-    over the descriptors' views, ``_dot``); only the descriptors of SKUs in a pair move."""
+    over the descriptors' views, ``_similarity``); only the descriptors of SKUs in a pair move."""
     skus = (
         pairs_df.select(F.col("sku_id_a").alias("sku_id"))
         .union(pairs_df.select(F.col("sku_id_b").alias("sku_id")))
@@ -288,7 +288,7 @@ def with_cosine(pairs_df: DataFrame, embeddings_df: DataFrame) -> DataFrame:
             vectors.select(F.col("sku_id").alias("sku_id_b"), F.col("v").alias("vb")),
             "sku_id_b",
         )
-        .withColumn("cosine", _dot(F.col("va"), F.col("vb")))
+        .withColumn("cosine", _similarity(F.col("va"), F.col("vb")))
         .drop("va", "vb")
     )
 
@@ -519,7 +519,7 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
 
 
 @F.pandas_udf(T.FloatType())
-def _dot(a: pd.Series, b: pd.Series) -> pd.Series:
+def _similarity(a: pd.Series, b: pd.Series) -> pd.Series:
     """The similarity of two duplicate descriptors (``lookalike.descriptor.similarities``),
     null where either is. A pandas UDF: Spark's array functions would compute each of the
     four 1280-long view products, and the view count, once per reference."""
@@ -577,7 +577,7 @@ def _closeness_to_canonical(
             "canonical_sku_id",
             "category",
             (F.col("content_hash") == F.col("c_content_hash")).alias("same_bytes"),
-            _dot(F.col("descriptor"), F.col("c_descriptor")).alias("cosine"),
+            _similarity(F.col("descriptor"), F.col("c_descriptor")).alias("cosine"),
             F.least(
                 hamming(F.col("phash"), F.col("c_phash")),
                 hamming(F.col("phash"), F.col("c_phash_mirrored")),
