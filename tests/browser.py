@@ -47,7 +47,9 @@ class _DevTools:
     def __init__(self, ws_url: str) -> None:
         import websocket  # websocket-client, a dev dependency
 
-        self._ws = websocket.create_connection(ws_url, timeout=30)
+        # No Origin header: Chromium 111+ refuses DevTools connections from an origin it was
+        # not told to allow (403), and a client outside any page has none to give.
+        self._ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self._next_id = 0
         self.events: list[dict] = []
 
