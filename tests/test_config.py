@@ -249,3 +249,16 @@ def test_cluster_example_is_a_valid_configuration():
     assert config.spark.conf["spark.task.resource.gpu.amount"] == "0.25"
     assert config.model.device == "auto"
     assert config.catalog.image_roots == ["s3://<bucket>/product-images"]
+
+
+def test_the_aligned_band_must_start_below_the_duplicate_threshold(tmp_path):
+    """The grey band of thumbnail-checked pairs lies below min_similarity; a band at or
+    above it is an error that names both settings, and null turns the band off."""
+    text = "duplicates:\n  min_similarity: 0.95\n  aligned_min_similarity: 0.96\n"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_conf(tmp_path, text))
+    message = str(excinfo.value)
+    assert "duplicates" in message and "aligned_min_similarity (0.96)" in message
+    assert "min_similarity (0.95)" in message
+    off = load_config(write_conf(tmp_path, "duplicates:\n  aligned_min_similarity: null\n"))
+    assert off.duplicates.aligned_min_similarity is None

@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 from chispa import assert_df_equality
+from PIL import Image
 
 from lookalike.duplicates import (
     CONFIRMED,
@@ -23,6 +24,7 @@ from lookalike.duplicates import (
 )
 from lookalike.neighbors import without_own_duplicates
 from lookalike.perceptual import band_keys
+from lookalike.thumbnails import thumbnail
 
 pytestmark = pytest.mark.slow
 
@@ -312,3 +314,55 @@ def test_neighbour_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
     plain_df = embeddings_df.drop("rmac")
     plain = confirmed_by_descriptor(candidates_df, plain_df, min_similarity=0.94).collect()
     assert {(r.sku_id_a, r.sku_id_b) for r in plain} == {("a", "b"), ("a", "c")}
+
+
+def _texture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).resize(
+        (480, 480), Image.Resampling.BICUBIC
+    )
+
+
+def test_pairs_of_the_grey_band_are_duplicates_when_their_thumbnails_line_up(spark):
+    """Descriptors between aligned_min_similarity and min_similarity settle nothing alone:
+    the pair is a duplicate (evidence ``aligned``, the descriptors' score) when one thumbnail
+    is a crop of the other, not when the thumbnails differ or one is missing (a row of an
+    earlier run). Pairs above min_similarity need no thumbnail; pairs below the band are out."""
+    texture = _texture(1)
+    crop = thumbnail(texture.crop((40, 10, 440, 420)))
+    rows = [
+        # sku, descriptor, thumbnail
+        ("a", _unit(1, 0), thumbnail(texture)),
+        ("b", _unit(1, 0.4), crop),  # 0.93 alike: in the band, lines up with a
+        ("c", _unit(1, 0.4), thumbnail(_texture(2))),  # in the band, another texture
+        ("d", _unit(1, 0.4), None),  # in the band, no thumbnail
+        ("e", _unit(1, 0.2), None),  # 0.98 alike: above min_similarity
+        ("f", _unit(1, 0.6), crop),  # 0.86 alike: below the band
+    ]
+    embeddings_df = spark.createDataFrame(
+        [(s, f"h{s}", r, r, t) for s, r, t in rows],
+        "sku_id string, content_hash string, embedding array<float>, rmac array<float>, "
+        "thumbnail binary",
+    )
+    candidates_df = spark.createDataFrame([("a", s, 0.9, "embedding") for s in "bcdef"], PAIRS)
+    confirmed = confirmed_by_descriptor(
+        candidates_df,
+        embeddings_df,
+        min_similarity=0.95,
+        aligned_min_similarity=0.9,
+        aligned_min_correlation=0.8,
+    )
+    got = {(r.sku_id_a, r.sku_id_b): (r.score, r.evidence) for r in confirmed.collect()}
+    assert set(got) == {("a", "b"), ("a", "e")}
+    assert got[("a", "b")] == (pytest.approx(_cos(rows[0][1], rows[1][1]), abs=1e-6), "aligned")
+    assert got[("a", "e")][1] == "embedding"
+    # Without the band (or without thumbnails) the descriptor alone decides.
+    for df, band in [(embeddings_df, None), (embeddings_df.drop("thumbnail"), 0.9)]:
+        alone = confirmed_by_descriptor(
+            candidates_df, df, min_similarity=0.95, aligned_min_similarity=band
+        )
+        assert {(r.sku_id_a, r.sku_id_b) for r in alone.collect()} == {("a", "e")}
+    with pytest.raises(ValueError, match="must be below min_similarity"):
+        confirmed_by_descriptor(
+            candidates_df, embeddings_df, min_similarity=0.95, aligned_min_similarity=0.95
+        )

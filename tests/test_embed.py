@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from lookalike import thumbnails
 from lookalike.backbones import descriptor_similarity, load_embedder
 from lookalike.config import DuplicatesSettings, EmbedSettings, ModelSettings
 from lookalike.duplicates import with_cosine
@@ -96,9 +97,14 @@ def test_udf_vectors_equal_the_library_call_and_bad_images_are_rejects(
         assert float(np.dot(whole, vector)) < 0.999
         # The drawn shapes sit on a white background: the trimmed view is another picture.
         assert float(np.dot(whole, trimmed)) < 0.999
+        # The grey thumbnail, from the same decode: what the library call gives.
+        assert len(got[name].thumbnail) == thumbnails.SIDE**2
+        assert bytes(got[name].thumbnail) == direct["thumbnail"][names.index(name)]
     # Identical bytes: identical hash and vector; different photos: different ones.
     assert got["copy"].content_hash == got["red-ellipse"].content_hash
     assert got["copy"].embedding == got["red-ellipse"].embedding
+    assert got["copy"].thumbnail == got["red-ellipse"].thumbnail
+    assert got["blue-box"].thumbnail != got["red-ellipse"].thumbnail
     assert got["blue-box"].content_hash != got["green-box"].content_hash
     cos = float(np.dot(got["red-ellipse"].embedding, got["blue-box"].embedding))
     assert cos < 0.99

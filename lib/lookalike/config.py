@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lookalike.storage import Location
 
@@ -159,12 +159,21 @@ class DuplicatesSettings(_Section):
     # 0.95 precision 0.994, crops 0.93; 0.954 precision 1.000, crops 0.88 (a run at 0.954
     # agreed: F1 0.990); 0.956 crops 0.79.
     min_similarity: float = Field(default=0.954, gt=0.0, le=1.0)
+    # The grey band below it: a candidate pair whose descriptors are at least this alike
+    # is a duplicate when the pair's 64 x 64 grey thumbnails line up, one a crop of the other
+    # (lookalike.thumbnails), to at least aligned_min_correlation. Chosen on clothing seed 7:
+    # of the same-category pairs of descriptor similarity 0.85-0.954 and embedding cosine
+    # 0.7+, distinct photos lined up to at most 0.731 and planted copies to at least 0.852
+    # (crops 0.852-0.974); no planted copy fell below 0.90. null: no band.
+    aligned_min_similarity: float | None = Field(default=0.9, gt=0.0, le=1.0)
+    aligned_min_correlation: float = Field(default=0.8, gt=0.0, le=1.0)
     # How many nearest neighbours of each SKU are candidates, and the cosine of their
     # embeddings (similar items' vectors) a candidate needs.
     candidates_per_sku: int = Field(default=10, ge=1, le=1000)
-    # 0.8: cropped and padded copies fall to embedding cosine 0.72-0.90 from their original
-    # (at 0.9, 7% of padded copies were never compared); the descriptor decides.
-    candidate_min_similarity: float = Field(default=0.8, gt=0.0, le=1.0)
+    # 0.7: cropped and padded copies fall to embedding cosine 0.72-0.90 from their original
+    # (at 0.9, 7% of padded copies were never compared; at 0.8, one crop of 42 on clothing
+    # seed 7); the descriptor decides.
+    candidate_min_similarity: float = Field(default=0.7, gt=0.0, le=1.0)
     # Annoy's search effort for those candidates (-1: its default, n_trees x n nodes). A
     # near-copy is among the very nearest, found without the effort similar items need.
     search_k: int = Field(default=-1, ge=-1)
@@ -188,6 +197,17 @@ class DuplicatesSettings(_Section):
     # A re-encoded copy of the image (pHash within phash_max_distance bits) joins its group
     # when the duplicate descriptors are at least this alike.
     shared_photo_min_similarity: float = Field(default=0.98, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _band_below_threshold(self) -> DuplicatesSettings:
+        if self.aligned_min_similarity is not None and (
+            self.aligned_min_similarity >= self.min_similarity
+        ):
+            raise ValueError(
+                f"aligned_min_similarity ({self.aligned_min_similarity}) must be below "
+                f"min_similarity ({self.min_similarity}), or null for no band"
+            )
+        return self
 
 
 class MismatchSettings(_Section):

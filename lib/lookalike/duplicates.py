@@ -7,7 +7,10 @@ Evidence, each found without comparing all pairs:
   confirmed by a descriptor similarity of at least ``phash_min_similarity``;
 - ``embedding``: among each SKU's nearest neighbours in its category's index with a cosine
   of at least ``candidate_min_similarity``, those whose duplicate descriptors reach
-  ``min_similarity`` (re-encoded, resized, cropped, padded, watermarked copies).
+  ``min_similarity`` (re-encoded, resized, cropped, padded, watermarked copies);
+- ``aligned``: those candidates whose descriptors fall short of ``min_similarity`` but reach
+  ``aligned_min_similarity``, when the pair's grey thumbnails line up (``lookalike.thumbnails``:
+  a crop of the original found by searching window sizes and positions).
 
 The *duplicate descriptor* is the R-MAC vector stored beside each embedding (regional max
 pooling of the same forward pass, ``lookalike.backbones.rmac``): cropped and padded copies
@@ -44,6 +47,7 @@ from pyspark.sql.window import Window
 
 from lookalike.descriptor import similarities
 from lookalike.index import Shard, map_shard_pairs
+from lookalike.thumbnails import alignment
 
 PAIR_SCHEMA = T.StructType(
     [
@@ -294,14 +298,54 @@ def with_cosine(pairs_df: DataFrame, embeddings_df: DataFrame) -> DataFrame:
 
 
 def confirmed_by_descriptor(
-    candidates_df: DataFrame, embeddings_df: DataFrame, *, min_similarity: float
+    candidates_df: DataFrame,
+    embeddings_df: DataFrame,
+    *,
+    min_similarity: float,
+    aligned_min_similarity: float | None = None,
+    aligned_min_correlation: float = 1.0,
 ) -> DataFrame:
     """The candidate pairs (nearest neighbours) whose duplicate descriptors are at least
-    ``min_similarity`` alike; that similarity becomes their score."""
-    return (
-        with_cosine(candidates_df.select("sku_id_a", "sku_id_b", "evidence"), embeddings_df)
-        .filter(F.col("cosine") >= min_similarity)
-        .select("sku_id_a", "sku_id_b", F.col("cosine").cast("float").alias("score"), "evidence")
+    ``min_similarity`` alike (their evidence as it comes), and those of the grey band from
+    ``aligned_min_similarity`` up whose thumbnails line up to at least
+    ``aligned_min_correlation`` (evidence ``aligned``, ``lookalike.thumbnails.alignment``).
+    The descriptors' similarity is the score either way. Without an ``aligned_min_similarity``
+    or a ``thumbnail`` column (synthetic embeddings) there is no band; a pair missing a
+    thumbnail (rows of an earlier run) is settled by ``min_similarity`` alone."""
+    band = aligned_min_similarity is not None and "thumbnail" in embeddings_df.columns
+    if band and aligned_min_similarity >= min_similarity:
+        raise ValueError(
+            f"aligned_min_similarity {aligned_min_similarity} must be below "
+            f"min_similarity {min_similarity}: it is where the band of undecided pairs starts"
+        )
+    pairs_df = with_cosine(
+        candidates_df.select("sku_id_a", "sku_id_b", "evidence"), embeddings_df
+    ).filter(F.col("cosine") >= (aligned_min_similarity if band else min_similarity))
+    if band:
+        # Only the thumbnails of SKUs in the band's pairs move; the UDF aligns those pairs
+        # alone (once a row: it is marked nondeterministic, so the optimiser never copies it).
+        undecided = F.col("cosine") < min_similarity
+        thumbs = embeddings_df.select("sku_id", "thumbnail")
+        pairs_df = (
+            pairs_df.withColumn("undecided", undecided)
+            .join(
+                thumbs.select(F.col("sku_id").alias("sku_id_a"), F.col("thumbnail").alias("ta")),
+                "sku_id_a",
+                "left",
+            )
+            .join(
+                thumbs.select(F.col("sku_id").alias("sku_id_b"), F.col("thumbnail").alias("tb")),
+                "sku_id_b",
+                "left",
+            )
+            .withColumn("alignment", _alignment(F.col("ta"), F.col("tb"), F.col("undecided")))
+            .filter(~F.col("undecided") | (F.col("alignment") >= aligned_min_correlation))
+            .withColumn(
+                "evidence", F.when(F.col("undecided"), "aligned").otherwise(F.col("evidence"))
+            )
+        )
+    return pairs_df.select(
+        "sku_id_a", "sku_id_b", F.col("cosine").cast("float").alias("score"), "evidence"
     )
 
 
@@ -516,6 +560,19 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
     )
     kept = pairs_df.join(rejected, ["sku_id_a", "sku_id_b"], "left_anti")
     return merge_pairs(kept, confirmed)
+
+
+def _align_rows(a: pd.Series, b: pd.Series, wanted: pd.Series) -> pd.Series:
+    """How well two thumbnails line up (``lookalike.thumbnails.alignment``) where a row is
+    wanted and both are present; null elsewhere."""
+    values = [
+        alignment(x, y) if want and x is not None and y is not None else None
+        for x, y, want in zip(a, b, wanted, strict=True)
+    ]
+    return pd.Series(pd.array(values, dtype="Float32"))
+
+
+_alignment = F.pandas_udf(_align_rows, T.FloatType()).asNondeterministic()
 
 
 @F.pandas_udf(T.FloatType())

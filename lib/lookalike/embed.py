@@ -29,6 +29,7 @@ from lookalike.backbones import Embedder, Views, load_embedder
 from lookalike.config import EmbedSettings, ModelSettings
 from lookalike.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
 from lookalike.perceptual import phash_with_mirrored
+from lookalike.thumbnails import thumbnail
 
 HASH_RESULT = T.StructType(
     [
@@ -48,6 +49,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
+        # The grey thumbnail that settles undecided duplicate pairs (lookalike.thumbnails).
+        T.StructField("thumbnail", T.BinaryType()),
         T.StructField("reject_reason", T.StringType()),
         T.StructField("reject_detail", T.StringType()),
     ]
@@ -63,6 +66,7 @@ EMBEDDINGS_COLUMNS = (
     "rmac",
     "phash",
     "phash_mirrored",
+    "thumbnail",
     "embedded_at",
 )
 
@@ -109,14 +113,16 @@ def decode_threads(setting: int, embedder: Embedder) -> int:
 
 
 def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, Views]:
-    """((content hash, pHash, mirrored pHash), the network's views) of one image.
+    """((content hash, pHash, mirrored pHash, thumbnail), the network's views) of one image.
 
-    Raises ImageRejected if it cannot be used. The perceptual hashes and every view are
-    taken from the image decoded for the network, so they cost no second read or decode.
+    Raises ImageRejected if it cannot be used. The perceptual hashes, the thumbnail and every
+    view are taken from the image decoded for the network, so they cost no second read or
+    decode.
     """
     data = read_bytes(uri, limits)
     image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
-    return (content_hash(data), *phash_with_mirrored(image)), embedder.prepare_views(image)
+    keys = (content_hash(data), *phash_with_mirrored(image), thumbnail(image))
+    return keys, embedder.prepare_views(image)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -150,12 +156,13 @@ def embed_uris(
             outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
             for item in batch:
                 if isinstance(item, ImageRejected):
-                    rows.append((None, None, None, None, None, None, item.reason, item.detail))
+                    rows.append((None,) * 7 + (item.reason, item.detail))
                 else:
-                    (digest, phash, mirrored), _ = item
+                    (digest, phash, mirrored, thumb), _ = item
                     vector, descriptor = next(outputs)
                     rows.append(
-                        (digest, embedder.model_id, vector, descriptor, phash, mirrored, None, None)
+                        (digest, embedder.model_id, vector, descriptor, phash, mirrored, thumb)
+                        + (None, None)
                     )
     finally:
         if pool:
@@ -238,6 +245,7 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         F.col("embedded.rmac").alias("rmac"),
         F.col("embedded.phash").alias("phash"),
         F.col("embedded.phash_mirrored").alias("phash_mirrored"),
+        F.col("embedded.thumbnail").alias("thumbnail"),
         F.current_timestamp().alias("embedded_at"),
     )
     return embeddings_df, image_rejects(results_df, "embedded", run_id)
@@ -282,7 +290,14 @@ def reuse_stored_vectors(
         F.col("hashed.content_hash").alias("content_hash"),
     )
     reused_df = stored.select(
-        *keys, "model_id", "embedding", "rmac", "phash", "phash_mirrored", "embedded_at"
+        *keys,
+        "model_id",
+        "embedding",
+        "rmac",
+        "phash",
+        "phash_mirrored",
+        "thumbnail",
+        "embedded_at",
     ).join(F.broadcast(readable.select(*keys, "category", "is_active")), keys)
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df

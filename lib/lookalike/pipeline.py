@@ -470,6 +470,8 @@ def run_duplicates(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             ),
             own_photo_df,
             min_similarity=settings.min_similarity,
+            aligned_min_similarity=settings.aligned_min_similarity,
+            aligned_min_correlation=settings.aligned_min_correlation,
         ),
     )
     # A confirmed review still counts: a merchandiser's word beats tonight's evidence.
