@@ -26,10 +26,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _spark_value(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 class SparkSettings(_Section):
     # Used when the job is started with `python -m lookalike`; under spark-submit the
     # master comes from spark-submit, as cluster deployments expect.

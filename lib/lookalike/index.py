@@ -288,10 +288,6 @@ def _save_shard(
     }
 
 
-def n_parts_for(n_items: int, max_shard_size: int) -> int:
-    return max(1, -(-n_items // max_shard_size))
-
-
 def with_parts(embeddings_df: DataFrame, max_shard_size: int) -> DataFrame:
     """Adds ``part`` and ``n_parts``: a category above max_shard_size is split by a hash of
     the sku_id into equal-sized sub-shards (a SKU keeps its part while others change)."""
@@ -434,15 +430,6 @@ class Shard:
             return np.asarray(chosen, dtype=np.float32)
         ids = range(len(self)) if item_ids is None else item_ids
         return np.array([self.index.get_item_vector(int(i)) for i in ids], dtype=np.float32)
-
-    def neighbours(self, item_id: int, n: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to n nearest items of one of its items (itself included) and their cosines."""
-        if self.index is None:
-            return self.search(self.item_vectors(np.array([item_id])), n, search_k=search_k)[0]
-        ids, distances = self.index.get_nns_by_item(
-            item_id, n, search_k=self._search_k(search_k, n), include_distances=True
-        )
-        return np.asarray(ids, dtype=np.int64), cosine_from_angular(np.asarray(distances))
 
     def search(
         self,
