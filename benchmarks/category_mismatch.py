@@ -38,8 +38,8 @@ os.environ.setdefault("TORCH_HOME", str(REPO / ".cache" / "torch"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lookalike.backbones import load_embedder  # noqa: E402
 from lookalike.config import MismatchSettings, ModelSettings  # noqa: E402
+from lookalike.core.backbones import load_embedder  # noqa: E402
 from lookalike.labelled import embed_labelled, image_folders  # noqa: E402
 from lookalike.mismatch import References, flag_batch  # noqa: E402
 

@@ -44,10 +44,10 @@ def main() -> None:
 
     import torch
 
-    from lookalike.backbones import load_embedder
     from lookalike.config import ModelSettings
+    from lookalike.core.backbones import load_embedder
+    from lookalike.core.images import ImageLimits
     from lookalike.embed import decode_threads, embed_uris
-    from lookalike.images import ImageLimits
 
     paths = sorted(str(p) for p in args.image_dir.rglob("*.jpg"))
     if not paths:

@@ -65,7 +65,7 @@ def plain_loop(paths: list[Path], settings, limits, threads: int) -> float:
     """(a): images/s of one process, one model, `threads` torch threads."""
     import torch
 
-    from lookalike.backbones import load_embedder
+    from lookalike.core.backbones import load_embedder
     from lookalike.embed import embed_uris
 
     torch.set_num_threads(threads)
@@ -129,7 +129,7 @@ def main() -> None:
     from PIL import Image, ImageOps
 
     from lookalike.config import Config
-    from lookalike.images import ImageLimits
+    from lookalike.core.images import ImageLimits
     from lookalike.pipeline import RunContext, run_stage
     from lookalike.session import build_session
 

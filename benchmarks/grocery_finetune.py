@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from lookalike.backbones import build_network, resolve_model  # noqa: E402
 from lookalike.config import IndexSettings, ModelSettings  # noqa: E402
+from lookalike.core.backbones import build_network, resolve_model  # noqa: E402
 from lookalike.evaluate import (  # noqa: E402
     Evaluation,
     evaluate_model,

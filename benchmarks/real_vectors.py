@@ -49,8 +49,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.out = Path(tempfile.mkdtemp(prefix="lookalike-vectors-smoke-")) / "vectors.npz"
-    from lookalike.backbones import load_embedder
     from lookalike.config import ModelSettings
+    from lookalike.core.backbones import load_embedder
     from lookalike.labelled import embed_labelled, grocery_store, image_folders
 
     torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def spark():
 @pytest.fixture(scope="session")
 def pretrained_weights() -> Path:
     """The real ImageNet MobileNet-V2 file in the torch hub cache (installed by `make venv`)."""
-    from lookalike.backbones import MOBILENET_V2_FILE, torch_hub_checkpoints
+    from lookalike.core.backbones import MOBILENET_V2_FILE, torch_hub_checkpoints
 
     path = torch_hub_checkpoints() / MOBILENET_V2_FILE
     if not path.exists():

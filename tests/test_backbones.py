@@ -15,7 +15,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from lookalike.backbones import (
+from lookalike.config import DuplicatesSettings, ModelSettings
+from lookalike.core.backbones import (
     BACKBONES,
     CHECKPOINT_FORMAT,
     descriptor_similarity,
@@ -24,8 +25,7 @@ from lookalike.backbones import (
     rmac,
     select_device,
 )
-from lookalike.config import DuplicatesSettings, ModelSettings
-from lookalike.images import decode_rgb
+from lookalike.core.images import decode_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 CLOTHING = REPO.parent / "shared" / "datasets" / "clothing-small"

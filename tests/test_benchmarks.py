@@ -93,7 +93,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
 
 
 def _weights() -> Path:
-    from lookalike.backbones import MOBILENET_V2_FILE, torch_hub_checkpoints
+    from lookalike.core.backbones import MOBILENET_V2_FILE, torch_hub_checkpoints
 
     return torch_hub_checkpoints() / MOBILENET_V2_FILE
 

@@ -13,7 +13,7 @@ import yaml
 
 from lookalike.cli import main
 from lookalike.config import Config, ConfigError, load_config
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO / "conf" / "default.yaml"

@@ -9,6 +9,8 @@ import pytest
 from chispa import assert_df_equality
 from PIL import Image
 
+from lookalike.core.perceptual import band_keys
+from lookalike.core.thumbnails import thumbnail
 from lookalike.duplicates import (
     CONFIRMED,
     NOT_DUPLICATE,
@@ -23,8 +25,6 @@ from lookalike.duplicates import (
     phash_pairs,
 )
 from lookalike.neighbors import without_own_duplicates
-from lookalike.perceptual import band_keys
-from lookalike.thumbnails import thumbnail
 
 pytestmark = pytest.mark.slow
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lookalike import thumbnails
-from lookalike.backbones import descriptor_similarity, load_embedder
 from lookalike.config import DuplicatesSettings, EmbedSettings, ModelSettings
+from lookalike.core import thumbnails
+from lookalike.core.backbones import descriptor_similarity, load_embedder
+from lookalike.core.images import ImageLimits
 from lookalike.duplicates import with_cosine
 from lookalike.embed import embed_uris, split_embedding_results, with_embedding_results
-from lookalike.images import ImageLimits
 
 CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 

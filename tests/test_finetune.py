@@ -15,8 +15,8 @@ import torch
 
 from drawn_photos import drawn_photos
 from lookalike import finetune
-from lookalike.backbones import CHECKPOINT_FORMAT, load_embedder, resolve_model
 from lookalike.config import ModelSettings
+from lookalike.core.backbones import CHECKPOINT_FORMAT, load_embedder, resolve_model
 from lookalike.finetune import (
     BatchHardTripletLoss,
     FineTuneSettings,
@@ -137,7 +137,7 @@ def test_training_is_deterministic_for_a_seed(maps, photos, loss):
     assert not torch.equal(first["projection"]["weight"], other.state()["projection"]["weight"])
     # The last block was trained, the blocks before it were not.
     frozen = resolve_model(ModelSettings())
-    from lookalike.backbones import build_network
+    from lookalike.core.backbones import build_network
 
     reference = build_network(frozen).state_dict()
     assert not torch.equal(

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from lookalike import catalog
-from lookalike.images import (
+from lookalike.core.images import (
     IMAGE_CORRUPT,
     IMAGE_DECOMPRESSION_BOMB,
     IMAGE_EMPTY,

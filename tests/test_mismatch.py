@@ -94,8 +94,8 @@ def test_too_few_references_flag_nothing():
 def test_real_photos_planted_in_a_wrong_category_are_found(spark, pretrained_weights, tmp_path):
     """Clothing photos, three moved to a category they visibly are not: each is flagged with the
     category it came from; few correctly listed photos are flagged (frozen ImageNet features)."""
-    from lookalike.backbones import load_embedder
     from lookalike.config import ModelSettings
+    from lookalike.core.backbones import load_embedder
     from lookalike.labelled import embed_labelled, image_folders
 
     frame = image_folders(CLOTHING_TEST)

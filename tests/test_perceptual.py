@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from lookalike.perceptual import (
+from lookalike.core.perceptual import (
     as_int64,
     as_uint64,
     band_keys,

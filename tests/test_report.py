@@ -12,13 +12,13 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
+from lookalike.core.storage import Location
 from lookalike.report import (
     MEMBER_COLUMNS,
     MISMATCH_COLUMNS,
     ReportPaths,
     write_duplicate_report,
 )
-from lookalike.storage import Location
 
 HOSTILE_TITLE = '<script>alert(1)</script>&"x"'
 MESSY_TITLE = 'Mug, blue, 12 oz "large"\nsecond line, with comma'

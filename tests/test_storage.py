@@ -1,5 +1,5 @@
 """Outputs addressed by URI: the job's files, index shards, Delta tables and report on object
-storage, through ``lookalike.storage.Location``.
+storage, through ``lookalike.core.storage.Location``.
 
 The object-storage tests run against a real S3 store named by ``LOOKALIKE_TEST_S3``
 (``s3://bucket``; credentials and ``AWS_ENDPOINT_URL`` from the usual ``AWS_*`` variables).
@@ -32,6 +32,7 @@ from pyarrow import fs as pafs
 
 from lookalike import tables
 from lookalike.config import ConfigError, IndexSettings, load_config
+from lookalike.core.storage import ChecksumMismatch, Location
 from lookalike.demo import generate_demo_catalog
 from lookalike.index import Shard, ShardError, build_category_indexes, build_shard, shard_id_for
 from lookalike.layout import RunLayout
@@ -39,7 +40,6 @@ from lookalike.neighbors import similar_items
 from lookalike.report import MEMBER_COLUMNS, write_duplicate_report
 from lookalike.rollback import restore_table
 from lookalike.session import jvm_has_class
-from lookalike.storage import ChecksumMismatch, Location
 
 REPO = Path(__file__).resolve().parents[1]
 S3_BUCKET = os.environ.get("LOOKALIKE_TEST_S3", "")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from lookalike.config import DuplicatesSettings
-from lookalike.images import decode_rgb
-from lookalike.thumbnails import SIDE, alignment, thumbnail
+from lookalike.core.images import decode_rgb
+from lookalike.core.thumbnails import SIDE, alignment, thumbnail
 
 CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 THRESHOLD = DuplicatesSettings().aligned_min_correlation

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from lookalike.images import IMAGE_OUTSIDE_ROOTS, local_path
+from lookalike.core.images import IMAGE_OUTSIDE_ROOTS, local_path
 
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
 # category_path: "Women > Dresses > Maxi", the category's place in the shop's tree (levels

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging()
     if args.command == "install-weights":
-        from lookalike.backbones import install_offline_weights
+        from lookalike.core.backbones import install_offline_weights
 
         print(install_offline_weights())
         return 0

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 
 class ConfigError(ValueError):
@@ -67,7 +67,7 @@ class OutputSettings(_Section):
 
 
 class ModelSettings(_Section):
-    # One of lookalike.backbones.BACKBONES; each brings its own preprocessing.
+    # One of lookalike.core.backbones.BACKBONES; each brings its own preprocessing.
     backbone: Literal["mobilenet_v2", "mobilenet_v3_large", "resnet50", "efficientnet_b0"] = (
         "mobilenet_v2"
     )
@@ -157,7 +157,7 @@ class DuplicatesSettings(_Section):
     min_similarity: float = Field(default=0.954, gt=0.0, le=1.0)
     # The grey band below it: a candidate pair whose descriptors are at least this alike
     # is a duplicate when the pair's 64 x 64 grey thumbnails line up, one a crop of the other
-    # (lookalike.thumbnails), to at least aligned_min_correlation. Chosen on clothing seed 7:
+    # (lookalike.core.thumbnails), to at least aligned_min_correlation. Chosen on clothing seed 7:
     # of the same-category pairs of descriptor similarity 0.85-0.954 and embedding cosine
     # 0.7+, distinct photos lined up to at most 0.731 and planted copies to at least 0.852
     # (crops 0.852-0.974); no planted copy fell below 0.90. null: no band.

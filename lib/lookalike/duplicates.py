@@ -9,11 +9,12 @@ Evidence, each found without comparing all pairs:
   of at least ``candidate_min_similarity``, those whose duplicate descriptors reach
   ``min_similarity`` (re-encoded, resized, cropped, padded, watermarked copies);
 - ``aligned``: those candidates whose descriptors fall short of ``min_similarity`` but reach
-  ``aligned_min_similarity``, when the pair's grey thumbnails line up (``lookalike.thumbnails``:
-  a crop of the original found by searching window sizes and positions).
+  ``aligned_min_similarity``, when the pair's grey thumbnails line up
+  (``lookalike.core.thumbnails``: a crop of the original found by searching window sizes and
+  positions).
 
 The *duplicate descriptor* is the R-MAC vector stored beside each embedding (regional max
-pooling of the same forward pass, ``lookalike.backbones.rmac``): cropped and padded copies
+pooling of the same forward pass, ``lookalike.core.backbones.rmac``): cropped and padded copies
 stay closer to their original in it than in the average-pooled vector that similar items use,
 while other photos of the same product type do not (``benchmarks/duplicates_quality.py``:
 recall 0.845 -> 0.922, precision 1.000 -> 0.994). Embeddings without it (synthetic ones) use the
@@ -45,9 +46,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from lookalike.descriptor import similarities
+from lookalike.core.descriptor import similarities
+from lookalike.core.thumbnails import alignment
 from lookalike.index import Shard, map_shard_pairs
-from lookalike.thumbnails import alignment
 
 PAIR_SCHEMA = T.StructType(
     [
@@ -308,7 +309,7 @@ def confirmed_by_descriptor(
     """The candidate pairs (nearest neighbours) whose duplicate descriptors are at least
     ``min_similarity`` alike (their evidence as it comes), and those of the grey band from
     ``aligned_min_similarity`` up whose thumbnails line up to at least
-    ``aligned_min_correlation`` (evidence ``aligned``, ``lookalike.thumbnails.alignment``).
+    ``aligned_min_correlation`` (evidence ``aligned``, ``lookalike.core.thumbnails.alignment``).
     The descriptors' similarity is the score either way. Without an ``aligned_min_similarity``
     or a ``thumbnail`` column (synthetic embeddings) there is no band; a pair missing a
     thumbnail (rows of an earlier run) is settled by ``min_similarity`` alone."""
@@ -563,7 +564,7 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
 
 
 def _align_rows(a: pd.Series, b: pd.Series, wanted: pd.Series) -> pd.Series:
-    """How well two thumbnails line up (``lookalike.thumbnails.alignment``) where a row is
+    """How well two thumbnails line up (``lookalike.core.thumbnails.alignment``) where a row is
     wanted and both are present; null elsewhere."""
     values = [
         alignment(x, y) if want and x is not None and y is not None else None
@@ -577,7 +578,7 @@ _alignment = F.pandas_udf(_align_rows, T.FloatType()).asNondeterministic()
 
 @F.pandas_udf(T.FloatType())
 def _similarity(a: pd.Series, b: pd.Series) -> pd.Series:
-    """The similarity of two duplicate descriptors (``lookalike.descriptor.similarities``),
+    """The similarity of two duplicate descriptors (``lookalike.core.descriptor.similarities``),
     null where either is. A pandas UDF: Spark's array functions would compute each of the
     four 1280-long view products, and the view count, once per reference."""
     values = similarities(list(a), list(b))

@@ -25,11 +25,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lookalike.backbones import Embedder, Views, load_embedder
 from lookalike.config import EmbedSettings, ModelSettings
-from lookalike.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
-from lookalike.perceptual import phash_with_mirrored
-from lookalike.thumbnails import thumbnail
+from lookalike.core.backbones import Embedder, Views, load_embedder
+from lookalike.core.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
+from lookalike.core.perceptual import phash_with_mirrored
+from lookalike.core.thumbnails import thumbnail
 
 HASH_RESULT = T.StructType(
     [
@@ -45,11 +45,11 @@ EMBED_RESULT = T.StructType(
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
         # The duplicate descriptor: R-MAC of the whole frame, of the trimmed frame and of the
-        # zoomed centre, end to end (lookalike.backbones.duplicate_descriptors).
+        # zoomed centre, end to end (lookalike.core.backbones.duplicate_descriptors).
         T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
-        # The grey thumbnail that settles undecided duplicate pairs (lookalike.thumbnails).
+        # The grey thumbnail that settles undecided duplicate pairs (lookalike.core.thumbnails).
         T.StructField("thumbnail", T.BinaryType()),
         T.StructField("reject_reason", T.StringType()),
         T.StructField("reject_detail", T.StringType()),

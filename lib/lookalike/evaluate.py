@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike.config import IndexSettings, ModelSettings
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -644,7 +644,7 @@ def evaluate_model(
     index: IndexSettings | None = None,
 ) -> Evaluation:
     """Embed a labelled set with a configured model (the embedding stage's code) and evaluate."""
-    from lookalike.backbones import load_embedder
+    from lookalike.core.backbones import load_embedder
     from lookalike.labelled import embed_labelled
 
     embedder = load_embedder(model)

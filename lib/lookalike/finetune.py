@@ -36,7 +36,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lookalike.backbones import (
+from lookalike.config import ConfigError, ModelSettings, load_config
+from lookalike.core.backbones import (
     BACKBONES,
     CHECKPOINT_FORMAT,
     Embedder,
@@ -45,8 +46,7 @@ from lookalike.backbones import (
     resolve_model,
     select_device,
 )
-from lookalike.config import ConfigError, ModelSettings, load_config
-from lookalike.images import ImageLimits, ImageRejected, decode_rgb, read_bytes
+from lookalike.core.images import ImageLimits, ImageRejected, decode_rgb, read_bytes
 from lookalike.labelled import LabelledSetError, default_limits, read_labelled_images
 
 log = logging.getLogger(__name__)

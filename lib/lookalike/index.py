@@ -46,7 +46,7 @@ from pyspark.sql import types as T
 
 from lookalike import faults
 from lookalike.config import IndexSettings
-from lookalike.storage import ChecksumMismatch, Location
+from lookalike.core.storage import ChecksumMismatch, Location
 
 METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
 ANNOY, EXACT = "annoy", "exact"

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import EmbedSettings
-from lookalike.images import ImageLimits
+from lookalike.core.images import ImageLimits
 
 if TYPE_CHECKING:
-    from lookalike.backbones import Embedder
+    from lookalike.core.backbones import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@
 ```
 
 ``root`` is a local folder or a URI on object storage (``s3a://bucket/lookalike``): every
-place is a ``lookalike.storage.Location``, which Spark and delta-rs take as its address.
+place is a ``lookalike.core.storage.Location``, which Spark and delta-rs take as its address.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 # neighbors after duplicates: a SKU's own duplicate listings are no recommendation.
 STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "report", "publish")

@@ -30,8 +30,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike.core.storage import Location
 from lookalike.index import Shard, map_shard_pairs
-from lookalike.storage import Location
 
 # The value of ``source`` for a listing of the SKU's own category.
 OWN_CATEGORY = "category"

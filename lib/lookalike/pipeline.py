@@ -26,7 +26,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from lookalike import (
-    backbones,
     catalog,
     duplicates,
     embed,
@@ -39,9 +38,10 @@ from lookalike import (
     tables,
 )
 from lookalike.config import Config, ConfigError
-from lookalike.images import ImageLimits
+from lookalike.core import backbones
+from lookalike.core.images import ImageLimits
+from lookalike.core.storage import Location
 from lookalike.layout import STAGES, RunLayout
-from lookalike.storage import Location
 
 log = logging.getLogger("lookalike")
 

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lookalike.config import ConfigError, ModelSettings, load_config
+from lookalike.core.files import file_sha256
+from lookalike.core.storage import Location
 from lookalike.evaluate import (
     Evaluation,
     evaluate_model,
@@ -30,9 +32,7 @@ from lookalike.evaluate import (
     record_evaluation,
     write_report,
 )
-from lookalike.files import file_sha256
 from lookalike.labelled import LabelledSetError, read_labelled_images
-from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike.config import GateSettings
+from lookalike.core.storage import Location
 from lookalike.neighbors import PATH_SEPARATOR, eligible_listings
-from lookalike.storage import Location
 
 log = logging.getLogger("lookalike")
 

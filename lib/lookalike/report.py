@@ -18,8 +18,8 @@ import jinja2
 import pandas as pd
 from PIL import Image, ImageOps
 
+from lookalike.core.storage import Location
 from lookalike.csvsafe import spreadsheet_csv
-from lookalike.storage import Location
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from lookalike.core.storage import Location
 from lookalike.duplicates import DECISIONS
-from lookalike.storage import Location
 
 SCHEMA = pa.schema(
     [

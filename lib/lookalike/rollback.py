@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 from lookalike.tables import read_table
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from deltalake.transaction import AddAction
 from pyarrow import fs as pafs
 
 from lookalike import faults
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 log = logging.getLogger(__name__)
 

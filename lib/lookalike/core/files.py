@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lookalike.storage import Location
+from lookalike.core.storage import Location
 
 
 def file_sha256(path: Path) -> str:

@@ -103,7 +103,7 @@ class Location:
         # os.fspath, open(), pandas and pyarrow accept a local Location as a path; a remote
         # one must go through the methods below, never be mistaken for a relative path.
         if not self.is_local:
-            raise TypeError(f"{self.address} is not a local path; use lookalike.storage")
+            raise TypeError(f"{self.address} is not a local path; use lookalike.core.storage")
         return self.address
 
     def __truediv__(self, part: str) -> Location:

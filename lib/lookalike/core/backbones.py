@@ -34,10 +34,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-from lookalike import images
 from lookalike.config import ModelSettings
-from lookalike.descriptor import DESCRIPTOR_VIEWS, ZOOM_KEEP, similarities
-from lookalike.files import file_sha256
+from lookalike.core import images
+from lookalike.core.descriptor import DESCRIPTOR_VIEWS, ZOOM_KEEP, similarities
+from lookalike.core.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -538,7 +538,7 @@ def duplicate_descriptors(
 
 
 def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Similarity of duplicate descriptors row by row (``lookalike.descriptor.similarities``,
+    """Similarity of duplicate descriptors row by row (``lookalike.core.descriptor.similarities``,
     the computation ``duplicates.with_cosine`` runs in Spark)."""
     return torch.from_numpy(similarities(list(a.float().numpy()), list(b.float().numpy())))
 

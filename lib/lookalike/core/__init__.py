@@ -1,0 +1,7 @@
+"""The Spark-free core: what one image or one list of images needs, on any machine.
+
+Images (reading from folders and object storage, decoding, rejects), perceptual hashes, the
+backbones and their duplicate descriptors, thumbnails, storage locations. Nothing here imports
+PySpark (``tests/test_core.py`` proves it): evaluation, fine-tuning and a GPU box use the core
+alone, and the Spark stages call it inside their UDFs.
+"""
