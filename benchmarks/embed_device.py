@@ -46,8 +46,8 @@ def main() -> None:
 
     from lookalike.config import ModelSettings
     from lookalike.core.backbones import load_embedder
+    from lookalike.core.embedding import decode_threads, embed_uris
     from lookalike.core.images import ImageLimits
-    from lookalike.embed import decode_threads, embed_uris
 
     paths = sorted(str(p) for p in args.image_dir.rglob("*.jpg"))
     if not paths:

@@ -66,7 +66,7 @@ def plain_loop(paths: list[Path], settings, limits, threads: int) -> float:
     import torch
 
     from lookalike.core.backbones import load_embedder
-    from lookalike.embed import embed_uris
+    from lookalike.core.embedding import embed_uris
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -84,7 +84,8 @@ def udf_comparison(spark, catalog_df, model, embed_settings, limits, n_partition
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType
 
-    from lookalike.embed import _worker_embedder, embed_uris, make_embed_udf
+    from lookalike.core.embedding import embed_uris
+    from lookalike.embed import _worker_embedder, make_embed_udf
 
     def make_predict_fn():
         embedder = _worker_embedder(model)

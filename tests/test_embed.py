@@ -12,9 +12,10 @@ from PIL import Image, ImageDraw
 from lookalike.config import DuplicatesSettings, EmbedSettings, ModelSettings
 from lookalike.core import thumbnails
 from lookalike.core.backbones import descriptor_similarity, load_embedder
+from lookalike.core.embedding import EMBED_COLUMNS, embed_uris
 from lookalike.core.images import ImageLimits
 from lookalike.duplicates import with_cosine
-from lookalike.embed import embed_uris, split_embedding_results, with_embedding_results
+from lookalike.embed import EMBED_RESULT, split_embedding_results, with_embedding_results
 
 CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 
@@ -173,3 +174,8 @@ def test_spark_compares_stored_descriptors_view_by_view(spark, tmp_path, pretrai
         assert got[name] == pytest.approx(expected, abs=1e-5)
     threshold = DuplicatesSettings().min_similarity
     assert min(got["padded"], got["cropped"]) >= threshold > got["other"]
+
+
+def test_the_udfs_result_type_has_the_cores_columns_in_order():
+    """embed_uris (no Spark) names its columns; the UDF's struct types those same columns."""
+    assert tuple(field.name for field in EMBED_RESULT.fields) == EMBED_COLUMNS

@@ -12,11 +12,8 @@ model id reuse it (``reuse_stored_vectors``), and only the rest go through the n
 from __future__ import annotations
 
 import os
-import resource
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from functools import cache
-from itertools import islice
 
 import pandas as pd
 import torch
@@ -26,10 +23,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lookalike.config import EmbedSettings, ModelSettings
-from lookalike.core.backbones import Embedder, Views, load_embedder
-from lookalike.core.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
-from lookalike.core.perceptual import phash_with_mirrored
-from lookalike.core.thumbnails import thumbnail
+from lookalike.core.backbones import Embedder, load_embedder
+from lookalike.core.embedding import (
+    decode_threads,
+    embed_uris,
+    peak_rss_bytes,
+)
+from lookalike.core.images import ImageLimits, ImageRejected, content_hash, read_bytes
 
 HASH_RESULT = T.StructType(
     [
@@ -70,8 +70,6 @@ EMBEDDINGS_COLUMNS = (
     "embedded_at",
 )
 
-_GPU_DECODE_THREADS = 4
-
 
 class MaxParam(AccumulatorParam):
     """An accumulator that keeps the largest value any task reported."""
@@ -83,18 +81,6 @@ class MaxParam(AccumulatorParam):
         return max(value1, value2)
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-
-
 @cache
 def _worker_embedder(settings: ModelSettings) -> Embedder:
     # Cached per Python worker process: the model loads once, not once per batch or task.
@@ -104,74 +90,6 @@ def _worker_embedder(settings: ModelSettings) -> Embedder:
     torch.set_num_threads(max(1, threads))
     gpus = task.resources().get("gpu") if task else None
     return load_embedder(settings, gpu_addresses=gpus.addresses if gpus else ())
-
-
-def decode_threads(setting: int, embedder: Embedder) -> int:
-    if setting:
-        return setting
-    return _GPU_DECODE_THREADS if embedder.device.type == "cuda" else 1
-
-
-def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, Views]:
-    """((content hash, pHash, mirrored pHash, thumbnail), the network's views) of one image.
-
-    Raises ImageRejected if it cannot be used. The perceptual hashes, the thumbnail and every
-    view are taken from the image decoded for the network, so they cost no second read or
-    decode.
-    """
-    data = read_bytes(uri, limits)
-    image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
-    keys = (content_hash(data), *phash_with_mirrored(image), thumbnail(image))
-    return keys, embedder.prepare_views(image)
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def embed_uris(
-    uris: Iterable[str], embedder: Embedder, limits: ImageLimits, threads: int = 1
-) -> pd.DataFrame:
-    """One result row per URI, in order: hash + vector, or the reason the image was rejected.
-
-    With ``threads`` > 1, images are decoded by a thread pool while the network runs on the
-    batch before (PIL releases the GIL while decoding): what keeps a GPU busy.
-    """
-
-    def load(uri: str) -> tuple[tuple, tuple] | ImageRejected:
-        try:
-            return _load(uri, embedder, limits)
-        except ImageRejected as rejected:
-            return rejected
-
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    try:
-        loaded = pool.map(load, uris) if pool else map(load, uris)
-        rows: list[tuple] = []
-        for batch in _batches(loaded, embedder.batch_size):
-            good = [item for item in batch if not isinstance(item, ImageRejected)]
-            vectors, descriptors = embedder.embed_views([views for _, views in good])
-            outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
-            for item in batch:
-                if isinstance(item, ImageRejected):
-                    rows.append((None,) * 7 + (item.reason, item.detail))
-                else:
-                    (digest, phash, mirrored, thumb), _ = item
-                    vector, descriptor = next(outputs)
-                    rows.append(
-                        (digest, embedder.model_id, vector, descriptor, phash, mirrored, thumb)
-                        + (None, None)
-                    )
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
-    columns = [field.name for field in EMBED_RESULT.fields]
-    # Typed columns: an all-rejected batch must still give Arrow a list column, not floats.
-    return pd.DataFrame(
-        {name: pd.Series([row[i] for row in rows], dtype=object) for i, name in enumerate(columns)}
-    )
 
 
 def make_embed_udf(

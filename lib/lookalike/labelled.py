@@ -194,11 +194,11 @@ def embed_labelled(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """(vectors, rows) of the images that embed; rejected images are dropped with a warning.
 
-    The images go through ``lookalike.embed.embed_uris``, the embedding stage's own code, so
-    an evaluation sees exactly the vectors the nightly job would store.
+    The images go through ``lookalike.core.embedding.embed_uris``, the embedding stage's own
+    code, so an evaluation sees exactly the vectors the nightly job would store.
     """
     # Imported here: the embedding stage's module brings PySpark, which reading a set does not need.
-    from lookalike.embed import embed_uris
+    from lookalike.core.embedding import embed_uris
 
     results = embed_uris(frame["image_uri"].tolist(), embedder, limits or default_limits())
     ok = results["reject_reason"].isna().to_numpy()
