@@ -7,7 +7,6 @@ Networks with random weights here are built behind the explicit flag and only te
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +25,7 @@ from lookalike.core.backbones import (
     select_device,
 )
 from lookalike.core.images import decode_rgb
-
-REPO = Path(__file__).resolve().parents[1]
-CLOTHING = REPO.parent / "shared" / "datasets" / "clothing-small"
+from real_photos import clothing_photos
 
 RANDOM = {"weights": "random", "allow_random_weights": True}
 
@@ -281,17 +278,6 @@ def test_descriptor_similarity_is_the_best_compared_pair_of_views():
     torch.testing.assert_close(descriptor_similarity(unrelated, other), torch.tensor([0.0]))
 
 
-def _clothing_photos(kind: str, n: int = 6) -> list[Image.Image]:
-    """The first ``n`` shared clothing photos of a kind, decoded as the embed stage does."""
-    folder = CLOTHING / "train" / kind
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is missing: this test needs the shared clothing photos")
-    return [
-        decode_rgb(p.read_bytes(), 64_000_000, draft_size=256)
-        for p in sorted(folder.glob("*.jpg"))[:n]
-    ]
-
-
 def _pad_onto_white(image: Image.Image, grow: float, at: tuple[float, float]) -> Image.Image:
     """A seller's copy: the photo on a white canvas ``grow`` times larger, saved as JPEG."""
     width, height = image.size
@@ -308,7 +294,7 @@ def test_a_real_photo_padded_onto_white_is_a_duplicate_and_other_photos_of_its_k
     """The duplicate descriptor on real photos: a T-shirt photo padded onto a white canvas
     20% larger (as sellers do) reaches duplicates.min_similarity through the trimmed view,
     where the whole frame alone loses part of it; five other T-shirt photos stay well below."""
-    photos = _clothing_photos("t-shirt")
+    photos = clothing_photos("t-shirt")
     padded = _pad_onto_white(photos[0], 1.2, (0.15, 0.05))
     embedder = load_embedder(ModelSettings(device="cpu"))
     descriptors = embedder.describe([*photos, padded])
@@ -330,7 +316,7 @@ def test_a_real_photo_cropped_by_a_seller_is_a_duplicate_through_the_zoomed_view
     frames alone give; other photos of the kind stay far below the threshold. (A crop taken
     from a corner can fall short: 0.951 for 82% x 88% at the bottom left of this photo, the
     crops benchmarks/duplicates_quality.py misses.)"""
-    photos = _clothing_photos("dress")
+    photos = clothing_photos("dress")
     w, h = photos[0].size
     crops = []
     for keep_w, keep_h, at_x, at_y in (

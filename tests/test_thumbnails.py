@@ -4,7 +4,6 @@ its original, other photos of the kind do not (real shared photos, no Spark)."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,19 +12,9 @@ from PIL import Image, ImageOps
 from lookalike.config import DuplicatesSettings
 from lookalike.core.images import decode_rgb
 from lookalike.core.thumbnails import SIDE, alignment, thumbnail
+from real_photos import clothing_photos
 
-CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 THRESHOLD = DuplicatesSettings().aligned_min_correlation
-
-
-def _photos(kind: str, n: int) -> list[Image.Image]:
-    folder = CLOTHING / "train" / kind
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is missing: this test needs the shared clothing photos")
-    return [
-        decode_rgb(p.read_bytes(), 64_000_000, draft_size=256)
-        for p in sorted(folder.glob("*.jpg"))[:n]
-    ]
 
 
 def _upload(image: Image.Image) -> Image.Image:
@@ -49,7 +38,7 @@ def test_a_sellers_crop_lines_up_with_its_original_and_other_photos_of_the_kind_
     """Off-centre crops of 81-88% of each side (as in benchmarks/duplicates_quality.py), and
     the crop of a mirrored copy, line up with the original to at least the shipped
     aligned_min_correlation; every pair of distinct photos of the kind stays below it."""
-    photos = _photos(kind, 8)
+    photos = clothing_photos(kind, 8)
     original = thumbnail(photos[0])
     for keep, at in [
         ((0.81, 0.87), (0.0, 1.0)),

@@ -207,15 +207,10 @@ def reuse_stored_vectors(
         *[c for c in hashed_df.columns if c == "updated_at"],
         F.col("hashed.content_hash").alias("content_hash"),
     )
-    reused_df = stored.select(
-        *keys,
-        "model_id",
-        "embedding",
-        "rmac",
-        "phash",
-        "phash_mirrored",
-        "thumbnail",
-        "embedded_at",
-    ).join(F.broadcast(readable.select(*keys, "category", "is_active")), keys)
+    # The catalog's own columns come from tonight's catalog, the rest from the stored row.
+    tonight = ("category", "is_active")
+    reused_df = stored.select(*[c for c in EMBEDDINGS_COLUMNS if c not in tonight]).join(
+        F.broadcast(readable.select(*keys, *tonight)), keys
+    )
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df
