@@ -3,11 +3,12 @@
 Embeds the test split of ../shared/datasets/clothing-small (372 photos, 10 categories) with the
 configured model through the embedding stage's own code, then, for each of --plantings random
 seeds, moves --planted listings to a random other category and runs the mismatch rule
-(lookalike.mismatch.flag_batch, every listing a reference, as with the default sample size).
+(lookalike.stages.mismatches.flag_batch, every listing a reference, as with the default sample
+size).
 Prints, averaged over the plantings: planted listings flagged, flagged with the category they
 came from as the suggestion, and correctly listed photos flagged. The default rule is compared
 in the same run with looser and stricter settings, and with a plain majority vote (one other
-category holding 70% of the neighbours, whatever the own category's share).
+category holding 70% of the neighbors, whatever the own category's share).
 
 Measured (frozen ImageNet MobileNet-V2, 10 plantings of 10):
 
@@ -40,14 +41,14 @@ import pandas as pd  # noqa: E402
 
 from lookalike.config import MismatchSettings, ModelSettings  # noqa: E402
 from lookalike.core.backbones import load_embedder  # noqa: E402
-from lookalike.labelled import embed_labelled, image_folders  # noqa: E402
-from lookalike.mismatch import References, flag_batch  # noqa: E402
+from lookalike.model.labelled import embed_labelled, image_folders  # noqa: E402
+from lookalike.stages.mismatches import References, flag_batch  # noqa: E402
 
 RULES = {
     "default (own 0%, other >= 50%)": MismatchSettings(),
     "own <= 10%, other >= 50%": MismatchSettings(max_own_share=0.1, min_share=0.5),
     "own 0%, other >= 30%": MismatchSettings(max_own_share=0.0, min_share=0.3),
-    # A plain vote: the own category may hold the rest of the neighbours.
+    # A plain vote: the own category may hold the rest of the neighbors.
     "majority vote, other >= 70%": MismatchSettings(max_own_share=0.3, min_share=0.7),
 }
 

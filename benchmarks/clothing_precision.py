@@ -37,10 +37,14 @@ os.environ.setdefault("TORCH_HOME", str(REPO / ".cache" / "torch"))
 
 import torch  # noqa: E402
 
-from lookalike.config import IndexSettings, ModelSettings  # noqa: E402
-from lookalike.evaluate import evaluate_model, record_evaluation, write_report  # noqa: E402
-from lookalike.finetune import FineTuneSettings, fine_tune  # noqa: E402
-from lookalike.labelled import image_folders  # noqa: E402
+from lookalike.config import (  # noqa: E402
+    FineTuneSettings,  # noqa: E402
+    IndexSettings,
+    ModelSettings,
+)
+from lookalike.model.evaluate import evaluate_model, record_evaluation, write_report  # noqa: E402
+from lookalike.model.finetune import fine_tune  # noqa: E402
+from lookalike.model.labelled import image_folders  # noqa: E402
 
 SHOWN = ("precision@10", "precision@5", "recall@1", "map@10")
 

@@ -85,7 +85,7 @@ def udf_comparison(spark, catalog_df, model, embed_settings, limits, n_partition
     from pyspark.sql.types import ArrayType, FloatType
 
     from lookalike.core.embedding import embed_uris
-    from lookalike.embed import _worker_embedder, make_embed_udf
+    from lookalike.stages.embed import _worker_embedder, make_embed_udf
 
     def make_predict_fn():
         embedder = _worker_embedder(model)

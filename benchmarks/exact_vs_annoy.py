@@ -31,8 +31,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lookalike.config import IndexSettings  # noqa: E402
-from lookalike.index import ANNOY, EXACT, METRIC, Shard, build_shard  # noqa: E402
-from lookalike.neighbors import top_k_for_shard  # noqa: E402
+from lookalike.core.ann import (
+    ANNOY,
+    EXACT,
+    METRIC,
+    Shard,
+    build_shard,  # noqa: E402
+)
+from lookalike.stages.neighbors import top_k_for_shard  # noqa: E402
 
 
 def clustered(n: int, dim: int, seed: int = 0, per_style: int = 50) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Fine-tuning on the Grocery Store dataset: frozen ImageNet MobileNet-V2 against fine-tuned,
 with the training settings chosen on data that is not the one reported.
 
-1. Choose. The train split's photos are split by product (``lookalike.labelled.split_by_product``,
+1. Choose. The train split's photos are split by product
+   (``lookalike.model.labelled.split_by_product``,
    20% of the products held out, seed 0): every setting of ``GRID`` is trained on the other
    products' photos and scored on the held-out products' photos (photo -> iconic image
    Recall@1 among all 81 iconic images; ties: same-product Recall@1, then fewer epochs, then
@@ -37,7 +38,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -49,24 +49,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from lookalike.config import IndexSettings, ModelSettings  # noqa: E402
+from lookalike.config import (  # noqa: E402
+    FineTuneSettings,  # noqa: E402
+    IndexSettings,
+    ModelSettings,
+)
 from lookalike.core.backbones import build_network, resolve_model  # noqa: E402
-from lookalike.evaluate import (  # noqa: E402
+from lookalike.model.evaluate import (  # noqa: E402
     Evaluation,
     evaluate_model,
     evaluate_vectors,
     record_evaluation,
     write_report,
 )
-from lookalike.finetune import (  # noqa: E402
-    FineTuneSettings,
-    embed_maps,
-    fine_tune,
-    split_backbone,
-    train,
-    trunk_features,
-)
-from lookalike.labelled import grocery_store, split_by_product  # noqa: E402
+from lookalike.model.finetune import embed_maps, fine_tune, split_backbone, train, trunk_features  # noqa: E402
+from lookalike.model.labelled import grocery_store, split_by_product  # noqa: E402
 
 # The choice, fixed here so that a rerun makes the same one. Everything not in the grid is
 # FineTuneSettings' default (last block + projection to 256, lr 1e-3 / 1e-4, seed 0). Kept
@@ -112,7 +109,8 @@ def figures(title: str, frozen: Evaluation, tuned: Evaluation) -> str:
 def grid_settings(grid: dict[str, tuple], base: FineTuneSettings) -> list[FineTuneSettings]:
     names = list(grid)
     return [
-        replace(base, **dict(zip(names, values, strict=True))) for values in product(*grid.values())
+        FineTuneSettings(**{**base.model_dump(), **dict(zip(names, values, strict=True))})
+        for values in product(*grid.values())
     ]
 
 

@@ -40,8 +40,8 @@ from pyarrow import fs as pafs
 
 from lookalike import tables
 from lookalike.config import IndexSettings
+from lookalike.core.ann import METRIC, Shard, build_shard
 from lookalike.core.storage import Location
-from lookalike.index import METRIC, Shard, build_shard
 
 
 def similar_items_files(folder: Path, rows: int, files: int, run: int) -> Path:

@@ -9,7 +9,7 @@ does, for the top-10 of 1,000 sampled photos. Printed per setting:
 - Annoy recall@10 against exact search in the same (projected) space: what the index loses;
 - recall@10 against exact search on the original 1280-d vectors: what PCA itself changes;
 - same-category precision@10 of the answers (a photo's category is its folder / coarse class):
-  whether the neighbours got better or worse for the shop;
+  whether the neighbors got better or worse for the shop;
 - build seconds, query milliseconds, index file size.
 
 Then a search_k x n_trees grid of Annoy recall@10 on the real vectors, from which the
@@ -38,7 +38,8 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lookalike.config import IndexSettings  # noqa: E402
-from lookalike.index import ANNOY, METRIC, Projection, Shard, build_shard, exact_search  # noqa: E402
+from lookalike.core.ann import ANNOY, METRIC, Shard, build_shard, top_k  # noqa: E402
+from lookalike.core.projection import Projection  # noqa: E402
 from real_vectors import DEFAULT_OUT, load_real_vectors  # noqa: E402
 
 K = 10
@@ -121,7 +122,7 @@ def main() -> int:
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(len(vectors), size=n_queries, replace=False))
-    exact_original = [ids for ids, _ in exact_search(vectors, vectors[queries], K, exclude=queries)]
+    exact_original = [ids for ids, _ in top_k(vectors, vectors[queries], K, exclude=queries)]
     kind = "synthetic vectors (%d-d)" if args.smoke else "real photos (%d-d MobileNet-V2)"
     print(f"{len(vectors):,} {kind % vectors.shape[1]}, "
           f"{len(set(category))} categories; {n_queries} queries; k={K}; one core")  # fmt: skip
@@ -141,9 +142,7 @@ def main() -> int:
             projected = fit_pca(vectors, dim, whiten, sample=5000, seed=0).apply(vectors)
         else:
             projected = vectors
-        exact_here = [
-            ids for ids, _ in exact_search(projected, projected[queries], K, exclude=queries)
-        ]
+        exact_here = [ids for ids, _ in top_k(projected, projected[queries], K, exclude=queries)]
         with tempfile.TemporaryDirectory() as folder:
             found, build_s, query_ms, size = annoy_answers(
                 projected, queries, Path(folder), settings

@@ -51,7 +51,7 @@ def main() -> int:
         args.out = Path(tempfile.mkdtemp(prefix="lookalike-vectors-smoke-")) / "vectors.npz"
     from lookalike.config import ModelSettings
     from lookalike.core.backbones import load_embedder
-    from lookalike.labelled import embed_labelled, grocery_store, image_folders
+    from lookalike.model.labelled import embed_labelled, grocery_store, image_folders
 
     torch.set_num_threads(args.threads)
     frames = [

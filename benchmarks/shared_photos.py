@@ -236,7 +236,8 @@ def main() -> None:
         sys.exit(f"{DATASET} not found: this benchmark needs ../shared/datasets/clothing-small")
     from pyspark.sql import functions as F
 
-    from lookalike.duplicates import phash_pairs, photo_group_features, photo_groups
+    from lookalike.stages.duplicate_pairs import phash_pairs
+    from lookalike.stages.shared_photos import photo_group_features, photo_groups
 
     work = Path(tempfile.mkdtemp(prefix="shared-photos-"))
     (work / "images").mkdir()

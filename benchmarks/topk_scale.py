@@ -245,25 +245,25 @@ def main() -> int:
         write_run(ctx.layout.work, category, vectors)
         with PeakMemory() as memory:
             index = run_stage("index", spark, ctx)
-            neighbours = run_stage("neighbors", spark, ctx)
-        return ctx, index, neighbours, memory.peak
+            neighbors = run_stage("neighbors", spark, ctx)
+        return ctx, index, neighbors, memory.peak
 
     seconds_of: dict[tuple[int, int], float] = {}
     try:
         for dim in args.dim:
             for n in args.sizes:
                 category, vectors = synthetic_vectors(n, dim)
-                ctx, index, neighbours, peak = run_ours(n, dim, category, vectors)
+                ctx, index, neighbors, peak = run_ours(n, dim, category, vectors)
                 similar = pq.read_table(
                     ctx.layout.similar_items.path, columns=["sku_id", "similar_sku_id"]
                 ).to_pandas()
                 recall = exact_recall(category, vectors, None, similar, np.random.default_rng(1))
-                seconds = seconds_of[dim, n] = index.seconds + neighbours.seconds
-                counts = neighbours.counts
+                seconds = seconds_of[dim, n] = index.seconds + neighbors.seconds
+                counts = neighbors.counts
                 print(
                     f"dim={dim:>4} N={n:>9,}: index {index.seconds:6.1f} s "
                     f"({index.counts['shards']} shards, {index.counts['exact_shards']} exact) "
-                    f"+ neighbors {neighbours.seconds:6.1f} s = {seconds:6.1f} s; "
+                    f"+ neighbors {neighbors.seconds:6.1f} s = {seconds:6.1f} s; "
                     f"peak memory {peak / 2**30:.2f} GiB; recall@{K} {recall:.4f} (exact "
                     f"answers of {min(RECALL_SAMPLE, n)} sampled SKUs); stage's estimate "
                     f"{counts.get('recall_at_k')} (min shard {counts.get('recall_at_k_min')}); "
@@ -286,8 +286,8 @@ def main() -> int:
             for n in args.brute_sizes:
                 category, vectors = synthetic_vectors(n, dim)
                 if (dim, n) not in seconds_of:
-                    ctx, index, neighbours, _ = run_ours(n, dim, category, vectors)
-                    seconds_of[dim, n] = index.seconds + neighbours.seconds
+                    ctx, index, neighbors, _ = run_ours(n, dim, category, vectors)
+                    seconds_of[dim, n] = index.seconds + neighbors.seconds
                 else:
                     ctx = RunContext(config, dt.date(2026, 1, 1) + dt.timedelta(days=next(runs)))
                     write_run(ctx.layout.work, category, vectors)

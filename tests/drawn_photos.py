@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from lookalike.labelled import labelled_images
+from lookalike.model.labelled import labelled_images
 
 
 def drawn_photos(folder: Path, per_group: int = 6) -> pd.DataFrame:

@@ -18,13 +18,12 @@ from lookalike.config import DuplicatesSettings, ModelSettings
 from lookalike.core.backbones import (
     BACKBONES,
     CHECKPOINT_FORMAT,
-    descriptor_similarity,
     load_embedder,
     resolve_model,
-    rmac,
     select_device,
 )
 from lookalike.core.images import decode_rgb
+from lookalike.core.rmac import descriptor_similarity, rmac
 from real_photos import clothing_photos
 
 RANDOM = {"weights": "random", "allow_random_weights": True}

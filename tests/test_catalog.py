@@ -16,16 +16,17 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from lookalike import tables
-from lookalike.catalog import (
+from lookalike.config import Config
+from lookalike.pipeline import RunContext, run_stage
+from lookalike.stages import embed, ingest
+from lookalike.stages.embed import EMBEDDINGS_COLUMNS
+from lookalike.stages.ingest import (
     CATALOG_SCHEMA,
     REJECTS_SCHEMA,
     CatalogError,
     read_catalog,
     validate_catalog,
 )
-from lookalike.config import Config
-from lookalike.embed import EMBEDDINGS_COLUMNS
-from lookalike.pipeline import RunContext, run_embed, run_ingest, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -335,7 +336,7 @@ def published_run(spark, tmp_path) -> RunContext:
         catalog={"path": str(shop / "good.csv")}, output={"root": str(tmp_path / "out")}
     )
     ctx = RunContext(config, RUN_DATE)
-    assert run_ingest(spark, ctx) == {"rows_read": 2, "valid": 2, "rejected": 0}
+    assert ingest.run(spark, ctx) == {"rows_read": 2, "valid": 2, "rejected": 0}
     tables.publish_files(ctx.layout.table("catalog"), [ctx.layout.catalog])
     tables.publish_files(ctx.layout.table("catalog"), [ctx.layout.catalog])
     assert _table_versions(Path(str(ctx.layout.tables))) == {"catalog": 1}
@@ -369,7 +370,7 @@ def test_an_all_rejected_catalog_fails_ingest_with_the_counts_and_publishes_noth
         assert not rerun.layout.catalog.exists()
         assert not rerun.layout.stats("ingest").exists()
         with pytest.raises(FileNotFoundError, match="run the stage that writes it before 'embed'"):
-            run_embed(spark, rerun)
+            embed.run(spark, rerun)
     assert _table_versions(Path(str(ctx.layout.tables))) == {"catalog": 1}
 
 
@@ -416,7 +417,7 @@ def test_embed_of_an_empty_catalog_writes_empty_outputs(spark, tmp_path):
     )
     ctx = RunContext(config, RUN_DATE)
     spark.createDataFrame([], CATALOG_SCHEMA).write.parquet(str(ctx.layout.catalog))
-    counts = run_embed(spark, ctx)
+    counts = embed.run(spark, ctx)
     assert {k: v for k, v in counts.items() if k != "worker_peak_rss_mb"} == {
         "images": 0,
         "vectors": 0,

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from lookalike import duplicates, mismatch, tables
+from lookalike import tables
 from lookalike.config import Config
 from lookalike.csvsafe import spreadsheet_safe, spreadsheet_safe_frame
-from lookalike.pipeline import RunContext, run_ingest, run_report
-from lookalike.report import MEMBER_COLUMNS, MISMATCH_COLUMNS, write_duplicate_report
+from lookalike.pipeline import RunContext
+from lookalike.stages import duplicates, ingest, mismatches, report
+from lookalike.stages.report import MEMBER_COLUMNS, MISMATCH_COLUMNS
+from lookalike.stages.report_page import write_duplicate_report
 
 HYPERLINK = '=HYPERLINK("http://evil.example","click me")'
 DDE = "+cmd|' /C calc'!A0"
@@ -159,7 +161,7 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
         catalog={"path": str(catalog_path)}, output={"root": str(tmp_path / "out")}
     )
     ctx = RunContext(config, dt.date.fromisoformat(RUN_ID))
-    assert run_ingest(spark, ctx) == {"rows_read": 4, "valid": 4, "rejected": 0}
+    assert ingest.run(spark, ctx) == {"rows_read": 4, "valid": 4, "rejected": 0}
 
     # The duplicates and mismatches stages' outputs, as they write them (a cluster of all four).
     members = [
@@ -173,13 +175,13 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
     ).write.parquet(str(ctx.layout.duplicate_clusters))
     spark.createDataFrame(
         [("D", "mugs", "=cat", 0.75, 0.0, 0.5, -0.25, ["=A"], ["=cat"], "m", RUN_ID)],
-        mismatch.MISMATCH_SCHEMA,
+        mismatches.MISMATCH_SCHEMA,
     ).write.parquet(str(ctx.layout.category_mismatches))
     # No listing without a photo of its own: the duplicates stage writes an empty frame.
     spark.createDataFrame([], duplicates.SHARED_PHOTOS_SCHEMA).write.parquet(
         str(ctx.layout.shared_photos)
     )
-    counts = run_report(spark, ctx)
+    counts = report.run(spark, ctx)
     assert counts == {
         "clusters_shown": 1,
         "listings_shown": 3,

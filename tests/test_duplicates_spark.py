@@ -11,20 +11,22 @@ from PIL import Image
 
 from lookalike.core.perceptual import band_keys
 from lookalike.core.thumbnails import thumbnail
-from lookalike.duplicates import (
-    CONFIRMED,
-    NOT_DUPLICATE,
-    apply_decisions,
+from lookalike.stages.duplicate_pairs import (
     confirmed_by_descriptor,
-    connected_components,
     content_hash_pairs,
-    duplicate_clusters,
-    latest_decisions,
     merge_pairs,
     phash_band_keys,
     phash_pairs,
 )
-from lookalike.neighbors import without_own_duplicates
+from lookalike.stages.duplicates import (
+    CONFIRMED,
+    NOT_DUPLICATE,
+    apply_decisions,
+    connected_components,
+    duplicate_clusters,
+    latest_decisions,
+)
+from lookalike.stages.neighbors import without_own_duplicates
 
 pytestmark = pytest.mark.slow
 
@@ -289,9 +291,9 @@ def test_similar_items_leave_out_the_skus_own_duplicates(spark):
     assert got == [("a", 1, "b"), ("a", 2, "c"), ("b", 1, "a"), ("b", 2, "a-copy")]
 
 
-def test_neighbour_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
+def test_neighbor_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
     """Candidates come from the embedding; the R-MAC descriptor decides and gives the score.
-    b and c are both close neighbours of a; only b's descriptor says it is the same photo."""
+    b and c are both close neighbors of a; only b's descriptor says it is the same photo."""
     rows = [
         ("a", _unit(1, 0.1), _unit(1, 0)),
         ("b", _unit(1, 0.2), _unit(1, 0.2)),  # a cropped copy: descriptors 0.98 alike

@@ -11,11 +11,12 @@ from PIL import Image, ImageDraw
 
 from lookalike.config import DuplicatesSettings, EmbedSettings, ModelSettings
 from lookalike.core import thumbnails
-from lookalike.core.backbones import descriptor_similarity, load_embedder
+from lookalike.core.backbones import load_embedder
 from lookalike.core.embedding import EMBED_COLUMNS, embed_uris
 from lookalike.core.images import ImageLimits
-from lookalike.duplicates import with_cosine
-from lookalike.embed import EMBED_RESULT, split_embedding_results, with_embedding_results
+from lookalike.core.rmac import descriptor_similarity
+from lookalike.stages.duplicate_pairs import with_cosine
+from lookalike.stages.embed import EMBED_RESULT, split_embedding_results, with_embedding_results
 
 CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 

@@ -17,7 +17,8 @@ from deltalake import DeltaTable
 from lookalike.config import Config
 from lookalike.demo import generate_demo_catalog
 from lookalike.layout import STAGES
-from lookalike.pipeline import RunContext, read_stats, run_nightly
+from lookalike.pipeline import RunContext, run_nightly
+from lookalike.stages.common import read_stats
 
 pytestmark = pytest.mark.slow
 

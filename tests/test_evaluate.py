@@ -11,23 +11,26 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from lookalike import evaluate
+from lookalike import cli
 from lookalike.config import IndexSettings
-from lookalike.evaluate import (
+from lookalike.model import evaluate
+from lookalike.model.evaluate import (
     MODEL_EVALUATIONS_SCHEMA,
+    evaluate_vectors,
+    record_evaluation,
+    retrieval_task,
+    write_report,
+)
+from lookalike.model.metrics import (
     ann_recall,
     ann_recall_within,
     average_precision_at_k,
-    evaluate_vectors,
     exact_top_k,
     exact_top_k_within,
     map_at_k,
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
-    record_evaluation,
-    retrieval_task,
-    write_report,
 )
 
 # Three queries' ranked answers (True = relevant) and how many relevant items each gallery has.
@@ -197,7 +200,7 @@ def test_annoy_recall_against_exact_search_within_categories():
     vectors = rng.normal(size=(120, 16)).astype(np.float32)
     groups = np.array(["a", "b", "c"])[np.arange(120) % 3]
     exact = exact_top_k_within(vectors, 5, groups)
-    # Neighbours never leave their category, and never include the item itself.
+    # Neighbors never leave their category, and never include the item itself.
     assert (groups[exact] == groups[:, None]).all()
     assert (exact != np.arange(120)[:, None]).all()
     # 40 items per category with 20 trees: Annoy's default search finds (nearly) all.
@@ -293,8 +296,8 @@ def test_command_evaluates_stored_vectors_and_records_them(tmp_path, capsys):
     ).to_csv(tmp_path / "labels.csv", index=False)
     conf = tmp_path / "conf.yaml"
     conf.write_text("output:\n  root: out\n")
-    code = evaluate.main(
-        [
+    code = cli.main(
+        ["evaluate",
             "--embeddings", str(tmp_path / "embeddings"),
             "--labels", str(tmp_path / "labels.csv"),
             "--conf", str(conf),
@@ -312,7 +315,7 @@ def test_command_evaluates_stored_vectors_and_records_them(tmp_path, capsys):
     assert rows["model_id"].tolist() == ["model-a"]
     # K=10 was not asked for: its column stays empty rather than holding another K's figure.
     assert pd.isna(rows.loc[0, "same_category_precision_at_10"])
-    # Two clearly separated categories: every neighbour is of the same category.
+    # Two clearly separated categories: every neighbor is of the same category.
     metrics = json.loads(rows.loc[0, "metrics_json"])["metrics"]
     assert metrics["same_category"]["precision@5"] == 1.0
     assert metrics["same_product"]["queries"] == 4
@@ -323,14 +326,19 @@ def test_command_exit_codes(tmp_path, capsys):
     conf = tmp_path / "conf.yaml"
     conf.write_text("output:\n  root: out\n")
     base = ["--dataset", "d", "--output", str(tmp_path / "r"), "--conf", str(conf)]
-    assert evaluate.main(["--embeddings", str(tmp_path / "embeddings"), *base, "--ks", "0"]) == 2
+    assert (
+        cli.main(["evaluate", "--embeddings", str(tmp_path / "embeddings"), *base, "--ks", "0"])
+        == 2
+    )
     assert "--ks" in capsys.readouterr().err
     bad_conf = tmp_path / "bad.yaml"
     bad_conf.write_text("model:\n  batch_size: 0\n")
     args = ["--embeddings", str(tmp_path / "embeddings"), *base[:-2], "--conf", str(bad_conf)]
-    assert evaluate.main(args) == 2
+    assert cli.main(["evaluate", *args]) == 2
     assert "model.batch_size" in capsys.readouterr().err
-    code = evaluate.main(["--embeddings", str(tmp_path / "embeddings"), *base, "--model-id", "x"])
+    code = cli.main(
+        ["evaluate", "--embeddings", str(tmp_path / "embeddings"), *base, "--model-id", "x"]
+    )
     assert code == 1
     assert "no vector of model x" in capsys.readouterr().err
 
@@ -346,13 +354,13 @@ def test_command_embeds_a_labelled_set_with_the_configured_model(
     conf.write_text("output:\n  root: out\nmodel:\n  device: cpu\n")
     args = ["--images", str(tmp_path / "set.csv"), "--conf", str(conf), "--dataset", "drawn",
             "--output", str(tmp_path / "report"), "--run-id", "2026-11-23"]  # fmt: skip
-    assert evaluate.main(args) == 0
+    assert cli.main(["evaluate", *args]) == 0
     assert "mobilenet_v2.IMAGENET1K_V1.224px." in capsys.readouterr().out
-    assert evaluate.main(args) == 0  # the same run again: its row is replaced
+    assert cli.main(["evaluate", *args]) == 0  # the same run again: its row is replaced
     rows = DeltaTable(str(tmp_path / "out" / "tables" / "model_evaluations")).to_pandas()
     assert len(rows) == 1 and rows.loc[0, "run_id"] == "2026-11-23"
     # Two drawn products, six photos each: the ImageNet network tells them apart.
     assert rows.loc[0, "same_product_recall_at_1"] == 1.0
     missing = ["--checkpoint", str(tmp_path / "none.pt")]
-    assert evaluate.main([*args, *missing]) == 2
+    assert cli.main(["evaluate", *args, *missing]) == 2
     assert "--checkpoint: no such file" in capsys.readouterr().err

@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from drawn_photos import drawn_photos
-from lookalike import finetune
-from lookalike.config import ModelSettings
+from lookalike import cli
+from lookalike.config import FineTuneSettings, ModelSettings
 from lookalike.core.backbones import CHECKPOINT_FORMAT, load_embedder, resolve_model
-from lookalike.finetune import (
+from lookalike.model import commands
+from lookalike.model.finetune import (
     BatchHardTripletLoss,
-    FineTuneSettings,
     NormSoftmaxLoss,
     embed_maps,
     export_checkpoint,
     train,
     trunk_features,
 )
-from lookalike.labelled import embed_labelled
+from lookalike.model.labelled import embed_labelled
 
 # The drawn products are easy: the proxy loss still has something to learn on them, a triplet
 # loss needs a wide margin.
@@ -206,8 +206,8 @@ def test_command_trains_and_exports_with_the_jobs_preprocessing(
     conf = tmp_path / "job.yaml"
     conf.write_text("model:\n  trim_borders: true\n")
     out = tmp_path / "model" / "tuned.pt"
-    code = finetune.main(
-        ["--train", str(csv), "--out", str(out), "--conf", str(conf), "--epochs", "2",
+    code = cli.main(
+        ["finetune", "--train", str(csv), "--out", str(out), "--conf", str(conf), "--epochs", "2",
          "--batch-size", "8", "--dim", "16", "--device", "cpu",
          "--cache-dir", str(tmp_path / "cache")]
     )  # fmt: skip
@@ -226,15 +226,18 @@ def test_command_trains_and_exports_with_the_jobs_preprocessing(
 def test_command_line_settings_default_the_loss_by_label_and_take_the_jobs_preprocessing(
     tmp_path,
 ):
-    parse = finetune.build_parser().parse_args
+
+    def parse(argv: list[str]):
+        return cli.build_parser().parse_args(["finetune", *argv])
+
     base = ["--train", "t.csv", "--out", "m.pt"]
-    assert finetune.settings_from_args(parse(base)).loss == "triplet"
-    assert finetune.settings_from_args(parse([*base, "--label", "category"])).loss == "normsoftmax"
+    assert commands.settings_from_args(parse(base)).loss == "triplet"
+    assert commands.settings_from_args(parse([*base, "--label", "category"])).loss == "normsoftmax"
     given = parse([*base, "--label", "category", "--loss", "triplet"])
-    assert finetune.settings_from_args(given).loss == "triplet"
+    assert commands.settings_from_args(given).loss == "triplet"
     conf = tmp_path / "job.yaml"
     conf.write_text("model:\n  trim_borders: true\n  image_size: 160\n")
-    settings = finetune.settings_from_args(
+    settings = commands.settings_from_args(
         parse([*base, "--conf", str(conf), "--image-size", "192"])
     )
     assert (settings.trim_borders, settings.image_size) == (True, 192)
@@ -242,10 +245,13 @@ def test_command_line_settings_default_the_loss_by_label_and_take_the_jobs_prepr
 
 def test_command_refuses_bad_input(tmp_path, capsys):
     assert (
-        finetune.main(["--train", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.pt")]) == 2
+        cli.main(
+            ["finetune", "--train", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.pt")]
+        )
+        == 2
     )
     assert "cannot read labelled set" in capsys.readouterr().err
     csv = tmp_path / "t.csv"
     csv.write_text("image_uri,product_id\na.jpg,p\n")
-    assert finetune.main(["--train", str(csv), "--out", "x.pt", "--train-blocks", "9"]) == 2
+    assert cli.main(["finetune", "--train", str(csv), "--out", "x.pt", "--train-blocks", "9"]) == 2
     assert "train_blocks" in capsys.readouterr().err

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from lookalike import catalog
 from lookalike.core.images import (
     IMAGE_CORRUPT,
     IMAGE_DECOMPRESSION_BOMB,
@@ -35,6 +34,7 @@ from lookalike.core.images import (
     read_bytes,
     trim_uniform_border,
 )
+from lookalike.stages import ingest
 
 MAX_BYTES = 1_000_000
 MAX_PIXELS = 10_000_000
@@ -201,7 +201,7 @@ def _rooted(root: Path | str) -> ImageLimits:
 
 
 def test_outside_roots_is_the_same_code_as_at_ingest():
-    assert IMAGE_OUTSIDE_ROOTS == catalog.IMAGE_OUTSIDE_ROOTS == "image_outside_roots"
+    assert IMAGE_OUTSIDE_ROOTS == ingest.IMAGE_OUTSIDE_ROOTS == "image_outside_roots"
 
 
 def test_file_inside_a_root_is_read(image_root):

@@ -1,4 +1,4 @@
-"""Annoy shards, top-K neighbours and near-duplicate pairs, without Spark.
+"""Annoy shards, top-K neighbors and near-duplicate pairs, without Spark.
 
 Shards are real Annoy files built by ``build_shard`` in tmp_path from seeded random vectors;
 answers are checked against exact cosine similarities computed with numpy.
@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from lookalike.config import IndexSettings
-from lookalike.duplicates import near_duplicate_pairs_of_shard
-from lookalike.index import EXACT, METRIC, Shard, ShardError, build_shard, shard_id_for
-from lookalike.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
+from lookalike.core.ann import EXACT, METRIC, Shard, ShardError, build_shard, shard_id_for
+from lookalike.stages.duplicate_pairs import near_duplicate_pairs_of_shard
+from lookalike.stages.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
 
 SETTINGS = IndexSettings()  # n_trees 20, search_k 5000, seed 42: the shipped defaults
 DEFAULT_SEARCH_K = SETTINGS.search_k
@@ -177,9 +177,9 @@ def test_output_columns_and_types_match_the_table_schema(similar):
     assert set(similar["run_id"]) == {RUN_ID}
 
 
-def test_active_sku_keeps_k_rows_when_its_nearest_neighbours_are_inactive(tmp_path):
+def test_active_sku_keeps_k_rows_when_its_nearest_neighbors_are_inactive(tmp_path):
     # An active SKU surrounded by 30 inactive copies of itself: the first answers Annoy gives
-    # are all inactive, so the query must widen until k active neighbours remain.
+    # are all inactive, so the query must widen until k active neighbors remain.
     rng = np.random.default_rng(5)
     center = _unit(rng.normal(size=16))
     near = _unit(center + 0.01 * rng.normal(size=(31, 16)))
@@ -194,7 +194,7 @@ def test_active_sku_keeps_k_rows_when_its_nearest_neighbours_are_inactive(tmp_pa
     assert rows["similar_sku_id"].tolist() == exact_top_k(members, K)["a-active"]
 
 
-def test_sku_with_fewer_active_neighbours_than_k_gets_them_all(tmp_path):
+def test_sku_with_fewer_active_neighbors_than_k_gets_them_all(tmp_path):
     vectors = clustered_vectors(6, 8, n_clusters=2, spread=0.3, seed=2)
     members = members_frame(vectors, list("abcdef"), [True, True, True, False, True, False])
     shard, _ = open_shard(members, tmp_path)
@@ -235,7 +235,7 @@ def test_exact_duplicate_vectors_tie_and_are_ordered_by_sku_id(tmp_path):
 
 
 def test_equal_published_scores_are_in_sku_id_order_even_when_float64_differs(tmp_path):
-    # 30 neighbours at angles 1.5e-8 rad apart around 0.3 rad from the query, named so that
+    # 30 neighbors at angles 1.5e-8 rad apart around 0.3 rad from the query, named so that
     # sku_id order is the reverse of distance order: float32 scores collapse into a few equal
     # values, float64 scores do not.
     n = 30

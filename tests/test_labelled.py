@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SHARED_DATASETS
 from lookalike import cli
-from lookalike.labelled import (
+from lookalike.model.labelled import (
     COLUMNS,
     LabelledSetError,
     grocery_store,

@@ -1,4 +1,4 @@
-"""Category mismatches: listings whose nearest neighbours sit in another category."""
+"""Category mismatches: listings whose nearest neighbors sit in another category."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from conftest import SHARED_DATASETS
 from lookalike.config import MismatchSettings
-from lookalike.mismatch import References, category_mismatches, flag_batch
-from lookalike.report import write_duplicate_report
+from lookalike.stages.mismatches import References, category_mismatches, flag_batch
+from lookalike.stages.report_page import write_duplicate_report
 
 CLOTHING_TEST = SHARED_DATASETS / "clothing-small" / "test"
 
@@ -65,7 +65,7 @@ def test_a_listing_among_another_categorys_references_is_flagged_with_its_eviden
     assert row["own_best_score"] == pytest.approx(_unit(1, 0.04) @ _unit(0.2, 1), abs=1e-6)
 
 
-def test_one_neighbour_of_its_own_category_keeps_a_listing_unflagged_by_default():
+def test_one_neighbor_of_its_own_category_keeps_a_listing_unflagged_by_default():
     refs = _listings(
         [
             ("a1", "shoes", _unit(1, 0.0)),
@@ -76,7 +76,7 @@ def test_one_neighbour_of_its_own_category_keeps_a_listing_unflagged_by_default(
     )
     x = _listings([("x", "hats", _unit(1, 0.05))])
     assert flag_batch(x, References(refs), MismatchSettings(k=3), "r").empty
-    # A looser rule (a third of the neighbours may be its own) flags it.
+    # A looser rule (a third of the neighbors may be its own) flags it.
     loose = MismatchSettings(k=3, max_own_share=0.4, min_share=0.6)
     assert flag_batch(x, References(refs), loose, "r")["suggested_category"].tolist() == ["shoes"]
 
@@ -96,7 +96,7 @@ def test_real_photos_planted_in_a_wrong_category_are_found(spark, pretrained_wei
     category it came from; few correctly listed photos are flagged (frozen ImageNet features)."""
     from lookalike.config import ModelSettings
     from lookalike.core.backbones import load_embedder
-    from lookalike.labelled import embed_labelled, image_folders
+    from lookalike.model.labelled import embed_labelled, image_folders
 
     frame = image_folders(CLOTHING_TEST)
     frame = frame[frame["category"].isin(["dress", "hat", "pants", "shoes", "shorts", "skirt"])]
@@ -152,5 +152,5 @@ def test_real_photos_planted_in_a_wrong_category_are_found(spark, pretrained_wei
         assert sku_id in html
     csv = pd.read_csv(paths.mismatches_csv)
     assert set(planted) <= set(csv["sku_id"]) and len(csv) == len(flagged)
-    # Most confident first: the planted shoes, all ten neighbours shoes, lead the list.
+    # Most confident first: the planted shoes, all ten neighbors shoes, lead the list.
     assert csv["sku_id"].iloc[0] in planted and csv["suggested_share"].iloc[0] == 1.0

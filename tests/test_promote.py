@@ -10,9 +10,11 @@ import pytest
 from deltalake import DeltaTable
 
 from drawn_photos import drawn_photos
-from lookalike import promote
-from lookalike.evaluate import Evaluation, TaskResult
-from lookalike.finetune import FineTuneSettings, export_checkpoint, train, trunk_features
+from lookalike import cli
+from lookalike.config import FineTuneSettings
+from lookalike.model import promote
+from lookalike.model.evaluate import Evaluation, TaskResult
+from lookalike.model.finetune import export_checkpoint, train, trunk_features
 
 TINY = {"epochs": 2, "batch_size": 8, "dim": 32, "device": "cpu", "loss": "normsoftmax"}
 
@@ -69,7 +71,7 @@ def test_promotion_command_refuses_or_promotes_on_held_out_images(
             "--dataset", "drawn", "--metric", "same_product/recall@1"]  # fmt: skip
 
     # Demanding more than a perfect score: refused, with both figures, and no state written.
-    assert promote.main([*args, "--min-gain", "2"]) == 1
+    assert cli.main(["promote", *args, "--min-gain", "2"]) == 1
     err = capsys.readouterr().err
     assert (
         "refused: candidate mobilenet_v2.ckpt-" in err
@@ -78,7 +80,9 @@ def test_promotion_command_refuses_or_promotes_on_held_out_images(
     state = tmp_path / "var" / "models" / "promoted.json"
     assert not state.exists()
 
-    assert promote.main([*args, "--min-gain", "-2", "--output", str(tmp_path / "report")]) == 0
+    assert (
+        cli.main(["promote", *args, "--min-gain", "-2", "--output", str(tmp_path / "report")]) == 0
+    )
     printed = capsys.readouterr().out
     assert f"checkpoint: {checkpoint}" in printed
     saved = json.loads(state.read_text())

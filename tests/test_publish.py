@@ -108,7 +108,7 @@ def test_run_record_command_shows_a_runs_status(published: Path, capsys):
     assert main(["run-record", "D", "--output", str(published)]) == 1
 
 
-def test_similar_command_prints_a_skus_published_neighbours(published: Path, capsys):
+def test_similar_command_prints_a_skus_published_neighbors(published: Path, capsys):
     assert main(["similar", "s2", "--output", str(published)]) == 0
     out = capsys.readouterr().out
     assert "similar items of s2" in out and "s3" in out and "0.700" in out
@@ -178,7 +178,7 @@ def test_a_model_returning_constant_vectors_fails_a_gate_and_publishes_nothing(
 
 def _gates_of(spark, scores, previous=None, active=("a", "b", "c"), k=2):
     from lookalike.config import GateSettings
-    from lookalike.quality import evaluate_gates
+    from lookalike.stages.gates import evaluate_gates
 
     schema = "sku_id string, similar_sku_id string, score float"
     similar = spark.createDataFrame(scores, schema)
@@ -212,7 +212,7 @@ def test_gates_measure_coverage_spread_shift_and_churn(spark):
     today = [("a", "b", 0.9), ("a", "c", 0.5), ("b", "a", 0.6), ("c", "a", 0.7)]
     before = [("a", "b", 0.8), ("a", "x", 0.4), ("b", "y", 0.5)]
     gates = _gates_of(spark, today, previous=before)
-    # b and c lack a second neighbour: 1 of 3 active SKUs has the full K = 2.
+    # b and c lack a second neighbor: 1 of 3 active SKUs has the full K = 2.
     assert gates["full_topk_share"].value == pytest.approx(1 / 3)
     # Median best score: today (0.6, 0.7, 0.9) -> 0.7; before (0.5, 0.8) -> 0.5 (approx. median).
     assert gates["top1_score_shift"].value == pytest.approx(0.2, abs=1e-6)

@@ -17,8 +17,9 @@ import pytest
 from deltalake import DeltaTable
 
 from lookalike.config import Config, GateSettings
-from lookalike.pipeline import RunContext, _check_gates, run_stage
-from lookalike.quality import GateFailed, evaluate_gates
+from lookalike.pipeline import RunContext, run_stage
+from lookalike.stages.gates import GateFailed, evaluate_gates
+from lookalike.stages.publish import check_gates
 
 N, DIM = 1500, 32
 
@@ -82,7 +83,7 @@ def test_the_stage_records_recall_per_annoy_shard(starved):
 def test_a_recall_below_the_gate_publishes_nothing(spark, starved):
     ctx, _, counts = starved
     with pytest.raises(GateFailed, match="recall_at_k") as excinfo:
-        _check_gates(spark, ctx)
+        check_gates(spark, ctx)
     failed = {r.gate: r for r in excinfo.value.results if not r.passed}
     assert failed["recall_at_k"].value == pytest.approx(counts["recall_at_k"])
     assert failed["recall_at_k"].threshold == GateSettings().min_recall
@@ -98,7 +99,7 @@ def test_the_default_search_measures_full_recall_and_passes(spark, tmp_path):
     run_stage("index", spark, ctx)
     counts = run_stage("neighbors", spark, ctx).counts
     assert counts["recall_at_k"] >= 0.95
-    results = {r.gate: r for r in _check_gates(spark, ctx)}
+    results = {r.gate: r for r in check_gates(spark, ctx)}
     assert results["recall_at_k"].passed
 
 

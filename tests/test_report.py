@@ -13,12 +13,8 @@ from markupsafe import escape
 from PIL import Image
 
 from lookalike.core.storage import Location
-from lookalike.report import (
-    MEMBER_COLUMNS,
-    MISMATCH_COLUMNS,
-    ReportPaths,
-    write_duplicate_report,
-)
+from lookalike.stages.report import MEMBER_COLUMNS, MISMATCH_COLUMNS
+from lookalike.stages.report_page import ReportPaths, write_duplicate_report
 
 HOSTILE_TITLE = '<script>alert(1)</script>&"x"'
 MESSY_TITLE = 'Mug, blue, 12 oz "large"\nsecond line, with comma'

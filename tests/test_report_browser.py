@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from browser import CHROMIUM, file_url, open_page
-from lookalike.report import write_duplicate_report
+from lookalike.stages.report_page import write_duplicate_report
 
 pytestmark = [
     pytest.mark.slow,

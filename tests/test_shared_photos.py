@@ -17,16 +17,16 @@ from PIL import Image, ImageDraw
 
 from browser import CHROMIUM, file_url, open_page
 from lookalike.config import Config
-from lookalike.duplicates import (
-    duplicate_clusters,
+from lookalike.layout import STAGES
+from lookalike.pipeline import RunContext, run_stage
+from lookalike.stages.duplicates import duplicate_clusters
+from lookalike.stages.report_page import write_duplicate_report
+from lookalike.stages.shared_photos import (
     normalised_title,
     photo_groups,
     shared_photos,
     without_shared_photos,
 )
-from lookalike.layout import STAGES
-from lookalike.pipeline import RunContext, run_stage
-from lookalike.report import write_duplicate_report
 
 pytestmark = pytest.mark.slow
 

@@ -21,14 +21,15 @@ import pytest
 from chispa import assert_df_equality
 
 from lookalike.config import Config
-from lookalike.neighbors import (
+from lookalike.pipeline import RunContext, run_stage
+from lookalike.stages.gates import GateFailed
+from lookalike.stages.neighbor_plans import (
     CategoryPlan,
     borrowing_targets,
     category_paths,
     extra_for_clusters,
 )
-from lookalike.pipeline import RunContext, _check_gates, run_stage
-from lookalike.quality import GateFailed
+from lookalike.stages.publish import check_gates
 
 K = 5
 DIM = 16
@@ -169,14 +170,14 @@ def test_tiny_categories_pass_the_gate_with_every_listing_they_can_give(spark, l
     # No catalog category_path: every row is the listing's own category's.
     assert (rows["source"] == "category").all()
     with caplog.at_level(logging.INFO, logger="lookalike"):
-        gates = {r.gate: r for r in _check_gates(spark, long_tail)}
+        gates = {r.gate: r for r in check_gates(spark, long_tail)}
     # Counted as "every SKU with all K", 6 of 46 would fail it: 0.87 < 0.95.
     assert gates["full_topk_share"].value == 1.0 and gates["full_topk_share"].passed
     assert "gate full_topk_share: 46 of 46 active listings" in caplog.text
     assert "6 of them can get fewer than K" in caplog.text
 
 
-def test_a_listing_of_a_big_category_that_lost_its_neighbours_still_fails(spark, long_tail):
+def test_a_listing_of_a_big_category_that_lost_its_neighbors_still_fails(spark, long_tail):
     folder = long_tail.layout.similar_items
     kept = pq.read_table(str(folder))
     # Three SKUs of the big category lose their rows, one keeps 2 of its 5.
@@ -187,7 +188,7 @@ def test_a_listing_of_a_big_category_that_lost_its_neighbours_still_fails(spark,
     folder.path.mkdir()
     pq.write_table(damaged, folder.path / "part-0.parquet")
     with pytest.raises(GateFailed, match="full_topk_share") as excinfo:
-        _check_gates(spark, long_tail)
+        check_gates(spark, long_tail)
     failed = {r.gate: r for r in excinfo.value.results if not r.passed}
     assert failed["full_topk_share"].value == pytest.approx(42 / 46)
 
@@ -253,7 +254,7 @@ def test_small_categories_borrow_k_from_their_parent_then_grandparent(hierarchy)
 
 def test_the_gate_passes_and_counts_borrowing(spark, hierarchy):
     ctx, _ = hierarchy
-    gates = {r.gate: r for r in _check_gates(spark, ctx)}
+    gates = {r.gate: r for r in check_gates(spark, ctx)}
     assert gates["full_topk_share"].value == 1.0
     stats = run_counts(ctx)
     assert stats["categories_borrowing"] == 4
@@ -306,7 +307,7 @@ def test_borrowing_stops_at_the_nearest_ancestor_holding_k():
     }
 
 
-def test_extra_neighbours_cover_the_clusters_a_row_can_meet():
+def test_extra_neighbors_cover_the_clusters_a_row_can_meet():
     assert extra_for_clusters(1, 0, k=10) == 0
     # Three-listing clusters: each of 10 kept products, and the own cluster, waste 2 places.
     assert extra_for_clusters(3, 1000, k=10) == 23
@@ -386,7 +387,7 @@ def test_listings_without_a_photo_of_their_own_give_and_get_nothing(spark, plant
     assert not rows["sku_id"].isin(hidden).any()
     assert not rows["similar_sku_id"].isin(hidden).any()
     assert run_counts(ctx)["listings_without_own_photo"] == 3
-    gates = {r.gate: r for r in _check_gates(spark, ctx)}
+    gates = {r.gate: r for r in check_gates(spark, ctx)}
     assert gates["full_topk_share"].value == 1.0
 
 

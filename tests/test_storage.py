@@ -32,14 +32,16 @@ from pyarrow import fs as pafs
 
 from lookalike import tables
 from lookalike.config import ConfigError, IndexSettings, load_config
+from lookalike.core.ann import Shard, ShardError, build_shard, shard_id_for
 from lookalike.core.storage import ChecksumMismatch, Location
 from lookalike.demo import generate_demo_catalog
-from lookalike.index import Shard, ShardError, build_category_indexes, build_shard, shard_id_for
 from lookalike.layout import RunLayout
-from lookalike.neighbors import similar_items
-from lookalike.report import MEMBER_COLUMNS, write_duplicate_report
 from lookalike.rollback import restore_table
 from lookalike.session import jvm_has_class
+from lookalike.stages.index import build_category_indexes
+from lookalike.stages.neighbors import similar_items
+from lookalike.stages.report import MEMBER_COLUMNS
+from lookalike.stages.report_page import write_duplicate_report
 
 REPO = Path(__file__).resolve().parents[1]
 S3_BUCKET = os.environ.get("LOOKALIKE_TEST_S3", "")
@@ -231,7 +233,7 @@ def test_a_shard_on_object_storage_answers_like_the_same_shard_on_disk(
 
 @needs_s3
 def test_spark_tasks_build_and_query_shards_on_object_storage(spark, s3_root, tmp_path):
-    """The executors' side: applyInPandas uploads the shards, the neighbour tasks fetch them;
+    """The executors' side: applyInPandas uploads the shards, the neighbor tasks fetch them;
     the answers are those of the same index built on local disk."""
     members = _members(n=240)
     rows = [

@@ -15,17 +15,11 @@ import pytest
 from pyspark.sql import types as T
 
 from lookalike.config import IndexSettings
-from lookalike.duplicates import embedding_pairs
-from lookalike.index import (
-    ANNOY,
-    EXACT,
-    Projection,
-    build_category_indexes,
-    exact_search,
-    fit_projection,
-    measure_recall,
-)
-from lookalike.neighbors import similar_items, without_own_duplicates
+from lookalike.core.ann import ANNOY, EXACT, top_k
+from lookalike.core.projection import Projection
+from lookalike.stages.duplicate_pairs import embedding_pairs
+from lookalike.stages.index import build_category_indexes, fit_projection, measure_recall
+from lookalike.stages.neighbors import similar_items, without_own_duplicates
 
 K = 5
 RUN_ID = "2026-11-23"
@@ -136,7 +130,7 @@ def test_exact_search_matches_a_full_sort_with_ties_masks_and_exclusions():
     queries = np.vstack([items[:40], _unit(rng.normal(size=(10, 8)))]).astype(np.float32)
     allowed = rng.random(300) > 0.2
     exclude = np.concatenate([np.arange(40), np.full(10, -1)])
-    got = exact_search(items, queries, 7, allowed=allowed, exclude=exclude, block=16)
+    got = top_k(items, queries, 7, allowed=allowed, exclude=exclude, block=16)
     for q, (ids, scores) in enumerate(got):
         row = np.clip(items.astype(np.float64) @ queries[q].astype(np.float64), -1, 1)
         row = row.astype(np.float32)
@@ -149,7 +143,7 @@ def test_exact_search_matches_a_full_sort_with_ties_masks_and_exclusions():
 def test_exact_search_returns_fewer_when_fewer_are_allowed():
     items = _unit(np.random.default_rng(1).normal(size=(6, 4))).astype(np.float32)
     allowed = np.array([True, False, True, False, False, False])
-    ((ids, scores),) = exact_search(items, items[:1], 5, allowed=allowed, exclude=np.array([0]))
+    ((ids, scores),) = top_k(items, items[:1], 5, allowed=allowed, exclude=np.array([0]))
     assert ids.tolist() == [2]
     assert scores.dtype == np.float32
 

@@ -8,7 +8,6 @@ failed (nothing was published).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import time
@@ -17,17 +16,9 @@ from pathlib import Path
 
 from lookalike.config import Config, ConfigError, load_config
 from lookalike.layout import STAGES, RunLayout
+from lookalike.model import commands as model_commands
 
 log = logging.getLogger("lookalike")
-
-
-# Commands with arguments of their own: `lookalike evaluate ...` runs lookalike.evaluate.main.
-TOOLS = {
-    "labelled": ("lookalike.labelled", "write a dataset folder as a labelled image set CSV"),
-    "evaluate": ("lookalike.evaluate", "retrieval metrics of a model on a labelled set"),
-    "finetune": ("lookalike.finetune", "fine-tune the embedding on a labelled set"),
-    "promote": ("lookalike.promote", "evaluate a candidate model; promote it if not worse"),
-}
 
 
 def _run_date(text: str) -> date:
@@ -87,8 +78,7 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     similar.add_argument("sku_id")
     similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     similar.add_argument("--output", help=OUTPUT_HELP)
-    for name, (_, text) in TOOLS.items():
-        commands.add_parser(name, help=f"{text} (lookalike {name} --help)", add_help=False)
+    model_commands.add_commands(commands)
     return parser
 
 
@@ -119,10 +109,9 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in TOOLS:
-        return importlib.import_module(TOOLS[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in model_commands.COMMANDS:
+        return model_commands.run(args)
     _configure_logging()
     if args.command == "install-weights":
         from lookalike.core.backbones import install_offline_weights
@@ -155,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_record(args, config)
 
     from lookalike.pipeline import RunContext, run_nightly, run_stage
-    from lookalike.quality import GateFailed
     from lookalike.session import build_session
+    from lookalike.stages.gates import GateFailed
 
     ctx = RunContext(config, args.run_date)
     started = time.perf_counter()
@@ -205,15 +194,14 @@ def _run_record(args: argparse.Namespace, config: Config) -> int:
     import json
 
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
 
-    from lookalike.tables import read_table
+    from lookalike import tables
 
     path = RunLayout(config.output_root, run_id="").table("runs")
-    if not DeltaTable.is_deltatable(str(path)):
+    if not tables.is_table(path):
         print(f"lookalike: no runs table at {path}", file=sys.stderr)
         return 1
-    runs = read_table(path)
+    runs = tables.read_table(path)
     rows = runs.filter(pc.equal(runs["run_id"], args.run_id)).to_pylist()
     if not rows:
         print(f"lookalike: no record of run {args.run_id} (it failed before publish?)")
@@ -229,16 +217,15 @@ def _run_record(args: argparse.Namespace, config: Config) -> int:
 def _similar(args: argparse.Namespace, config: Config) -> int:
     """The storefront's read path, from the published Delta table (no Spark, no JVM)."""
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
 
-    from lookalike.tables import delta_dataset
+    from lookalike import tables
 
     path = RunLayout(config.output_root, run_id="").table("similar_items")
-    if not DeltaTable.is_deltatable(str(path)):
+    if not tables.is_table(path):
         print(f"lookalike: no published similar_items at {path}", file=sys.stderr)
         return 1
     rows = (
-        delta_dataset(path)
+        tables.delta_dataset(path)
         .to_table(filter=pc.field("sku_id") == args.sku_id)
         .sort_by("rank")
         .to_pylist()

@@ -78,7 +78,7 @@ class ModelSettings(_Section):
     # A local file read with torch.load(weights_only=True): a torchvision state dict of the
     # backbone, or a lookalike checkpoint written by fine-tuning. Relative to this file.
     checkpoint: str | None = None
-    # Random weights give meaningless neighbours; only tests ask for them, explicitly.
+    # Random weights give meaningless neighbors; only tests ask for them, explicitly.
     allow_random_weights: bool = False
     # Centre-crop size; null: the size the weights were trained at (224 for all built in).
     image_size: int | None = Field(default=None, ge=32, le=1024)
@@ -110,7 +110,7 @@ class EmbedSettings(_Section):
 
 class IndexSettings(_Section):
     n_trees: int = Field(default=20, ge=1)
-    # Nodes Annoy inspects per query (at least n_trees * n for n neighbours asked); -1:
+    # Nodes Annoy inspects per query (at least n_trees * n for n neighbors asked); -1:
     # n_trees * n. 5000 at 20 trees: recall@10 0.974 on real MobileNet-V2 vectors, where
     # Annoy's default gave 0.920 (benchmarks/pca_real.py).
     search_k: int = Field(default=5000, ge=-1)
@@ -163,7 +163,7 @@ class DuplicatesSettings(_Section):
     # (crops 0.852-0.974); no planted copy fell below 0.90. null: no band.
     aligned_min_similarity: float | None = Field(default=0.9, gt=0.0, le=1.0)
     aligned_min_correlation: float = Field(default=0.8, gt=0.0, le=1.0)
-    # How many nearest neighbours of each SKU are candidates, and the cosine of their
+    # How many nearest neighbors of each SKU are candidates, and the cosine of their
     # embeddings (similar items' vectors) a candidate needs.
     candidates_per_sku: int = Field(default=10, ge=1, le=1000)
     # 0.7: cropped and padded copies fall to embedding cosine 0.72-0.90 from their original
@@ -207,7 +207,7 @@ class DuplicatesSettings(_Section):
 
 
 class MismatchSettings(_Section):
-    """Listings that look like another category (lookalike.mismatch)."""
+    """Listings that look like another category (lookalike.stages.mismatches)."""
 
     enabled: bool = True
     # Nearest references looked at per listing.
@@ -228,12 +228,12 @@ class PublishSettings(_Section):
 
 
 class GateSettings(_Section):
-    """Quality gates checked before publishing (lookalike.quality); any failure publishes
+    """Quality gates checked before publishing (lookalike.stages.gates); any failure publishes
     nothing and exits with code 3."""
 
     enabled: bool = True
     # Active embedded SKUs (with a photo of their own) that get as many similar items as
-    # their category can give: min(K, its distinct products - 1; see lookalike.quality).
+    # their category can give: min(K, its distinct products - 1; see lookalike.stages.gates).
     min_full_topk_share: float = Field(default=0.95, ge=0.0, le=1.0)
     # Rejected rows (ingest + embed) / rows read.
     max_reject_rate: float = Field(default=0.2, ge=0.0, le=1.0)
@@ -246,6 +246,62 @@ class GateSettings(_Section):
     # recall@k of the neighbors stage's Annoy search against exact answers, measured on
     # sampled queries (all shards pooled).
     min_recall: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+class FineTuneSettings(_Section):
+    """What ``lookalike finetune`` trains and how; defaults are the benchmarked ones."""
+
+    # The starting point: a registered backbone and its torchvision weights.
+    backbone: Literal["mobilenet_v2", "mobilenet_v3_large", "resnet50", "efficientnet_b0"] = (
+        "mobilenet_v2"
+    )
+    weights: str = "IMAGENET1K_V1"
+    # Preprocessing, as model.trim_borders and model.image_size: train on what the job will
+    # embed (the checkpoint is loaded with the job's settings; they must agree).
+    trim_borders: bool = False
+    image_size: int | None = Field(default=None, ge=32, le=1024)
+    # Width of the projection (the embedding the job stores).
+    dim: int = Field(default=256, ge=1)
+    # Last backbone blocks trained with the projection; 0 trains the projection alone.
+    train_blocks: int = Field(default=1, ge=0, le=4)
+    # triplet for groups of photos of one product (grocery photo -> iconic Recall@1 +16.6
+    # points); normsoftmax for broad categories, where batch-hard triplets collapse.
+    loss: Literal["normsoftmax", "triplet"] = "triplet"
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    # Learning rates: the new projection and proxies, and the pretrained blocks.
+    lr: float = Field(default=1e-3, gt=0)
+    backbone_lr: float = Field(default=1e-4, ge=0)
+    weight_decay: float = 1e-4
+    # normsoftmax: softmax temperature over cosine similarities.
+    temperature: float = Field(default=0.05, gt=0)
+    # triplet: margin, and images per group in a batch (batch_size // k groups).
+    margin: float = 0.2
+    images_per_group: int = Field(default=4, ge=2)
+    # Randomly mirror the cached feature maps (a mirrored photo is the same product).
+    flip: bool = True
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _groups_fit_a_batch(self) -> FineTuneSettings:
+        if self.images_per_group > self.batch_size // 2:
+            raise ValueError(
+                f"images_per_group: {self.images_per_group} is more than half of "
+                f"batch_size {self.batch_size}"
+            )
+        return self
+
+    def model_settings(self, checkpoint: str | None = None) -> ModelSettings:
+        """The model configuration this training starts from, or (with ``checkpoint``) ends in."""
+        return ModelSettings(
+            backbone=self.backbone,
+            weights=self.weights,
+            checkpoint=checkpoint,
+            trim_borders=self.trim_borders,
+            image_size=self.image_size,
+            device=self.device,
+        )
 
 
 class Config(_Section):

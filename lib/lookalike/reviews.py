@@ -14,20 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import write_deltalake
 
+from lookalike import tables
 from lookalike.core.storage import Location
-from lookalike.duplicates import DECISIONS
-
-SCHEMA = pa.schema(
-    [
-        pa.field("sku_id_a", pa.string(), nullable=False),
-        pa.field("sku_id_b", pa.string(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),
-        pa.field("reviewer", pa.string()),
-        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
+from lookalike.stages.duplicates import DECISIONS
 
 
 def record_review(
@@ -52,4 +42,4 @@ def record_review(
         "reviewer": [reviewer],
         "decided_at": [decided_at or datetime.now(UTC)],
     }
-    write_deltalake(str(table), pa.Table.from_pydict(row, schema=SCHEMA), mode="append")
+    tables.append(table, pa.Table.from_pydict(row, schema=tables.REVIEWS_SCHEMA))

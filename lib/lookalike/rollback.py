@@ -14,10 +14,9 @@ import logging
 from pathlib import Path
 
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
+from lookalike import tables
 from lookalike.core.storage import Location
-from lookalike.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +38,12 @@ class RollbackError(ValueError):
 
 def restore_table(path: Path | Location, version: int) -> int:
     """Restore one table to ``version``; returns the new (current) version."""
-    if not DeltaTable.is_deltatable(str(path)):
+    if not tables.is_table(path):
         raise RollbackError(f"{path} is not a Delta table")
-    table = DeltaTable(str(path))
-    current = table.version()
+    current = tables.version(path)
     if not 0 <= version <= current:
         raise RollbackError(f"{path.name}: no version {version} (versions 0..{current})")
-    table.restore(version)
-    new = DeltaTable(str(path)).version()
+    new = tables.restore(path, version)
     log.info("restored %s to version %d (now version %d)", path.name, version, new)
     return new
 
@@ -54,9 +51,9 @@ def restore_table(path: Path | Location, version: int) -> int:
 def versions_of_run(tables_dir: Path | Location, run_id: str) -> dict[str, int]:
     """The version each table was published at by ``run_id`` (from the runs record)."""
     runs_path = tables_dir / "runs"
-    if not DeltaTable.is_deltatable(str(runs_path)):
+    if not tables.is_table(runs_path):
         raise RollbackError(f"no runs table at {runs_path}: nothing was published yet")
-    runs = read_table(runs_path)
+    runs = tables.read_table(runs_path)
     rows = runs.filter(pc.equal(runs["run_id"], run_id)).to_pylist()
     if not rows:
         known = ", ".join(sorted(runs["run_id"].to_pylist())[-5:])

@@ -38,6 +38,32 @@ log = logging.getLogger(__name__)
 
 STAGING = "_staging"
 
+# The tables written from the driver, declared once (the Spark stages' tables take their
+# schema from the stage that writes them).
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("run_date", pa.date32()),
+        ("model_id", pa.string()),
+        ("status", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("counts", pa.string()),
+        ("stage_seconds", pa.string()),
+        ("gate_results", pa.string()),
+        ("table_versions", pa.string()),
+    ]
+)
+# Merchandisers' decisions on pairs: written by `lookalike review`, read by the duplicates stage.
+REVIEWS_SCHEMA = pa.schema(
+    [
+        pa.field("sku_id_a", pa.string(), nullable=False),
+        pa.field("sku_id_b", pa.string(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("reviewer", pa.string()),
+        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
 # A table or a folder: a local path, a URI (s3a://bucket/tables/x) or a Location.
 Where = str | PathLike[str] | Location
 
@@ -79,6 +105,39 @@ def write_table(
     else:
         write_deltalake(str(path), data, mode="overwrite", schema_mode="overwrite")
     return DeltaTable(str(path)).version()
+
+
+def is_table(path: Where) -> bool:
+    return DeltaTable.is_deltatable(str(path))
+
+
+def version(path: Where) -> int:
+    """The table's current version."""
+    return DeltaTable(str(path)).version()
+
+
+def current_files(path: Where) -> list[str]:
+    """The Parquet files of the table's current version (none when there is no table): what a
+    reader such as Spark reads, never the folder, which holds superseded files too."""
+    return DeltaTable(str(path)).file_uris() if is_table(path) else []
+
+
+def read_with_spark(spark, path: Where):
+    """The table's current version as a Spark DataFrame; None without a table or rows."""
+    files = current_files(path)
+    return spark.read.parquet(*files) if files else None
+
+
+def append(path: Where, data: pa.Table) -> int:
+    """Add rows in one commit (concurrent appends do not conflict); returns the new version."""
+    write_deltalake(str(path), data, mode="append")
+    return version(path)
+
+
+def restore(path: Where, to_version: int) -> int:
+    """Make ``to_version`` the table's contents again in a new commit; returns that version."""
+    DeltaTable(str(path)).restore(to_version)
+    return version(path)
 
 
 def delta_dataset(path: Where, version: int | None = None) -> ds.Dataset:

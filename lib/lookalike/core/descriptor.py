@@ -1,6 +1,6 @@
 """The duplicate descriptor's layout, shared by the embedder (torch) and the duplicates stage
 (Spark): which views it holds end to end, and which of two descriptors' views are compared.
-How the views are computed and why: ``lookalike.core.backbones.duplicate_descriptors``."""
+How the views are computed and why: ``lookalike.core.rmac.duplicate_descriptors``."""
 
 from __future__ import annotations
 

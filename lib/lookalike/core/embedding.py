@@ -24,7 +24,7 @@ EMBED_COLUMNS = (
     "content_hash",
     "model_id",
     "embedding",
-    "rmac",  # the duplicate descriptor (lookalike.core.backbones.duplicate_descriptors)
+    "rmac",  # the duplicate descriptor (lookalike.core.rmac.duplicate_descriptors)
     "phash",
     "phash_mirrored",
     "thumbnail",  # the grey thumbnail that settles undecided duplicate pairs

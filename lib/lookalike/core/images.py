@@ -38,8 +38,8 @@ IMAGE_TRUNCATED = "image_truncated"
 IMAGE_CORRUPT = "image_corrupt"
 IMAGE_NOT_AN_IMAGE = "image_not_an_image"
 IMAGE_UNSUPPORTED_FORMAT = "image_unsupported_format"
-# Also an ingest reason (lookalike.catalog): ingest checks the URI lexically, read_bytes checks
-# where the path really leads.
+# Also an ingest reason (lookalike.stages.ingest): ingest checks the URI lexically, read_bytes
+# checks where the path really leads.
 IMAGE_OUTSIDE_ROOTS = "image_outside_roots"
 
 # The formats handed to a decoder; Pillow's other plugins (EPS runs Ghostscript, PSD, ICO, TGA

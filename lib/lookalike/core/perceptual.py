@@ -139,7 +139,7 @@ def phash_with_mirrored(image: Image.Image) -> tuple[int, int]:
 
 def dhash(image: Image.Image) -> int:
     """The 64-bit difference hash (each bit: a pixel of a 9x8 greyscale image is brighter
-    than its left neighbour), as a signed int64."""
+    than its left neighbor), as a signed int64."""
     # Through the 32x32 image rather than straight to 9x8: as robust as one Lanczos pass from
     # full size (measured on 100 photos), at a third of the time.
     small = _grey_32(image).resize((_HASH_SIDE + 1, _HASH_SIDE), _RESAMPLE)

@@ -1,7 +1,7 @@
-"""Evaluation: how good are a model's neighbours, in numbers that can be compared over time.
+"""Evaluation: how good are a model's neighbors, in numbers that can be compared over time.
 
 Given vectors and labels it measures retrieval the way the storefront uses it (every photo
-asks for its nearest neighbours):
+asks for its nearest neighbors):
 
 - ``same_product``: the other photos of the same product (``product_id``), leave-one-out:
   Recall@K, mAP@K, NDCG@K, precision@K;
@@ -24,16 +24,15 @@ out of every metric and counted in ``queries_without_match``):
 
 ``write_report`` writes ``metrics.json`` and PNG plots (Recall@K curves, similarity histograms
 of matching vs non-matching pairs); ``record_evaluation`` appends a row to the
-``model_evaluations`` Delta table. ``lookalike evaluate`` does all of it for a
-labelled image set or for stored vectors.
+``model_evaluations`` Delta table. ``lookalike evaluate`` (``lookalike.model.commands``)
+does all of it for a labelled image set or for stored vectors. The metrics themselves are in
+``lookalike.model.metrics``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +43,16 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike.config import IndexSettings, ModelSettings
+from lookalike.core.ann import unit_rows
 from lookalike.core.storage import Location
+from lookalike.model.metrics import (
+    ann_recall_within,
+    exact_top_k,
+    map_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,123 +61,6 @@ DEFAULT_KS = (1, 5, 10)
 CURVE_MAX_K = 20
 # Histograms use at most this many non-matching pairs (a seeded sample): n^2 grows fast.
 MAX_HISTOGRAM_PAIRS = 2_000_000
-
-
-# --- metrics on ranked relevance ------------------------------------------------------------------
-
-
-def _check_k(relevant: np.ndarray, k: int) -> np.ndarray:
-    relevant = np.asarray(relevant, dtype=bool)
-    if relevant.ndim != 2:
-        raise ValueError(f"relevance must be (queries, ranks), got shape {relevant.shape}")
-    if not 1 <= k <= relevant.shape[1]:
-        raise ValueError(f"k={k} outside 1..{relevant.shape[1]} ranked answers")
-    return relevant[:, :k]
-
-
-def recall_at_k(relevant: np.ndarray, k: int) -> float:
-    """Share of queries with a relevant answer in their first k; ``relevant[q, r]`` says
-    whether query q's answer at rank r+1 is relevant."""
-    return float(_check_k(relevant, k).any(axis=1).mean())
-
-
-def precision_at_k(relevant: np.ndarray, k: int) -> float:
-    return float(_check_k(relevant, k).mean(axis=1).mean())
-
-
-def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    """AP@k of every query; ``n_relevant[q]`` is how many relevant items its gallery holds."""
-    hits = _check_k(relevant, k).astype(np.float64)
-    n_relevant = np.asarray(n_relevant)
-    if (n_relevant < 1).any():
-        raise ValueError("every query needs at least one relevant item")
-    precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
-    return (precision_at_i * hits).sum(axis=1) / np.minimum(n_relevant, k)
-
-
-def map_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> float:
-    return float(average_precision_at_k(relevant, n_relevant, k).mean())
-
-
-def ndcg_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> float:
-    hits = _check_k(relevant, k).astype(np.float64)
-    n_relevant = np.asarray(n_relevant)
-    if (n_relevant < 1).any():
-        raise ValueError("every query needs at least one relevant item")
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits * discounts).sum(axis=1)
-    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
-    return float((dcg / ideal).mean())
-
-
-def ann_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Share of the exact top-K ids found in the approximate top-K, over all queries.
-
-    Both are (queries, K) arrays of ids; -1 pads rows that have fewer than K answers (a
-    padded exact slot counts for nothing, a padded approximate slot finds nothing).
-    """
-    approx_ids, exact_ids = np.asarray(approx_ids), np.asarray(exact_ids)
-    if approx_ids.shape[0] != exact_ids.shape[0]:
-        raise ValueError(
-            f"{approx_ids.shape[0]} approximate answers but {exact_ids.shape[0]} exact ones"
-        )
-    found = total = 0
-    for approx, exact in zip(approx_ids, exact_ids, strict=True):
-        wanted = set(exact[exact >= 0].tolist())
-        found += len(wanted & set(approx[approx >= 0].tolist()))
-        total += len(wanted)
-    if total == 0:
-        raise ValueError("the exact answers are empty")
-    return found / total
-
-
-# --- exact search ---------------------------------------------------------------------------------
-
-
-def exact_top_k(
-    queries: np.ndarray,
-    gallery: np.ndarray | None = None,
-    k: int = 10,
-    *,
-    block: int = 1024,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, scores) of every query's k most cosine-similar gallery vectors, best first.
-
-    Vectors are L2-normalised here. Without a gallery the queries are their own gallery and
-    each query leaves itself out (leave-one-out). Equal scores are ordered by gallery index.
-    Rows with fewer than k candidates are padded with id -1 and score -inf.
-    """
-    queries = _unit(queries)
-    self_search = gallery is None
-    gallery = queries if self_search else _unit(gallery)
-    n_gallery = len(gallery) - (1 if self_search else 0)
-    take = min(k, max(n_gallery, 0))
-    ids = np.full((len(queries), k), -1, dtype=np.int64)
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    if take == 0:
-        return ids, scores
-    for start in range(0, len(queries), block):
-        sims = queries[start : start + block] @ gallery.T
-        if self_search:
-            rows = np.arange(len(sims))
-            sims[rows, start + rows] = -np.inf
-        if take < sims.shape[1]:
-            candidates = np.argpartition(-sims, take - 1, axis=1)[:, :take]
-        else:
-            candidates = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
-        cand_scores = np.take_along_axis(sims, candidates, axis=1)
-        order = np.lexsort((candidates, -cand_scores), axis=1)[:, :take]
-        ids[start : start + block, :take] = np.take_along_axis(candidates, order, axis=1)
-        scores[start : start + block, :take] = np.take_along_axis(cand_scores, order, axis=1)
-    return ids, scores
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2:
-        raise ValueError(f"vectors must be (n, dim), got shape {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 # --- one retrieval task ---------------------------------------------------------------------------
@@ -247,9 +138,9 @@ def _pair_similarities(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities of all matching pairs and of (a seeded sample of) the others."""
-    queries = _unit(queries)
+    queries = unit_rows(queries)
     self_search = gallery is None
-    gallery = queries if self_search else _unit(gallery)
+    gallery = queries if self_search else unit_rows(gallery)
     rng = np.random.default_rng(seed)
     matching, non_matching = [], []
     # Every block keeps the same share of its non-matching pairs, so that the sample holds
@@ -375,69 +266,6 @@ def evaluate_vectors(
             seed=index.seed,
         )
     return Evaluation(model_id, dataset, split, tasks, ann)
-
-
-# --- the approximate index's answer --------------------------------------------------------------
-
-
-def _within_groups(groups: Sequence | None, n: int) -> list[np.ndarray]:
-    if groups is None:
-        return [np.arange(n)]
-    groups = pd.Series(np.asarray(groups, dtype=object)).fillna("")
-    return [np.asarray(members) for members in groups.groupby(groups, sort=True).indices.values()]
-
-
-def exact_top_k_within(vectors: np.ndarray, k: int, groups: Sequence | None = None) -> np.ndarray:
-    """Leave-one-out exact top-k ids (into ``vectors``), searching each group separately, as
-    the neighbors stage searches each category's shard; -1 pads short groups."""
-    ids = np.full((len(vectors), k), -1, dtype=np.int64)
-    for members in _within_groups(groups, len(vectors)):
-        local, _ = exact_top_k(vectors[members], None, k)
-        ids[members] = np.where(local >= 0, members[np.maximum(local, 0)], -1)
-    return ids
-
-
-def annoy_top_k(
-    vectors: np.ndarray,
-    k: int,
-    groups: Sequence | None = None,
-    *,
-    n_trees: int = 20,
-    search_k: int = -1,
-    seed: int = 42,
-) -> np.ndarray:
-    """Leave-one-out top-k ids from Annoy indexes (angular, one per group), built with the
-    index stage's parameters (``index.n_trees``, ``index.search_k``, ``index.seed``)."""
-    from annoy import AnnoyIndex
-
-    vectors = _unit(vectors)
-    ids = np.full((len(vectors), k), -1, dtype=np.int64)
-    for members in _within_groups(groups, len(vectors)):
-        index = AnnoyIndex(vectors.shape[1], "angular")
-        index.set_seed(seed)
-        for local, vector in enumerate(vectors[members]):
-            index.add_item(local, vector)
-        # One build thread: Annoy's seeded builds are only reproducible for a fixed n_jobs.
-        index.build(n_trees, n_jobs=1)
-        for local in range(len(members)):
-            found = index.get_nns_by_item(local, k + 1, search_k=search_k)
-            found = [f for f in found if f != local][:k]
-            ids[members[local], : len(found)] = members[found]
-    return ids
-
-
-def ann_recall_within(
-    vectors: np.ndarray,
-    k: int,
-    groups: Sequence | None = None,
-    *,
-    n_trees: int = 20,
-    search_k: int = -1,
-    seed: int = 42,
-) -> float:
-    """ANN recall@k of per-group Annoy indexes against exact search on the same vectors."""
-    approx = annoy_top_k(vectors, k, groups, n_trees=n_trees, search_k=search_k, seed=seed)
-    return ann_recall(approx, exact_top_k_within(vectors, k, groups))
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -589,11 +417,10 @@ def record_evaluation(
     of the same run replaces its row for this model, dataset and split instead of adding a
     second one (the nightly job's idempotency).
     """
-    from deltalake import DeltaTable, write_deltalake
+    from lookalike import tables
 
     row = evaluation_row(evaluation, run_id)
-    path = str(table)
-    if run_id is not None and DeltaTable.is_deltatable(path):
+    if run_id is not None and tables.is_table(table):
         predicate = " AND ".join(
             f"{column} = {_sql_string(value)}"
             for column, value in (
@@ -603,11 +430,9 @@ def record_evaluation(
                 ("split", evaluation.split),
             )
         )
-        write_deltalake(path, row, mode="overwrite", predicate=predicate)
-    else:
-        Location.of(path).parent.mkdir()
-        write_deltalake(path, row, mode="append")
-    return DeltaTable(path).version()
+        return tables.write_table(table, row, replace_where=predicate)
+    Location.of(table).parent.mkdir()
+    return tables.append(table, row)
 
 
 def format_evaluation(evaluation: Evaluation, ks: Sequence[int] = DEFAULT_KS) -> str:
@@ -645,7 +470,7 @@ def evaluate_model(
 ) -> Evaluation:
     """Embed a labelled set with a configured model (the embedding stage's code) and evaluate."""
     from lookalike.core.backbones import load_embedder
-    from lookalike.labelled import embed_labelled
+    from lookalike.model.labelled import embed_labelled
 
     embedder = load_embedder(model)
     vectors, kept = embed_labelled(frame, embedder)
@@ -685,100 +510,3 @@ def stored_vectors(
         stored["product_id"] = None
     rows = stored[["category", "product_id"]].assign(is_reference=False)
     return np.stack(stored["embedding"].to_list()).astype(np.float32), rows, model_id
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lookalike evaluate",
-        description="Retrieval metrics of a model (Recall@K, mAP@K, NDCG@K, precision@K, ANN "
-        "recall): metrics.json and plots in --output, a row in the model_evaluations table.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", help="labelled-set CSV to embed with the configured model")
-    source.add_argument("--embeddings", help="an embeddings Delta table (stored vectors)")
-    parser.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
-    parser.add_argument("--checkpoint", help="with --images: evaluate this checkpoint instead")
-    parser.add_argument("--labels", help="with --embeddings: CSV of sku_id, product_id")
-    parser.add_argument("--model-id", help="with --embeddings: which model's vectors")
-    parser.add_argument("--dataset", required=True, help="name of the labelled set")
-    parser.add_argument("--split", default="test", help="which part of it (default: test)")
-    parser.add_argument("--output", required=True, help="folder for metrics.json and the PNGs")
-    parser.add_argument(
-        "--table", help="model_evaluations Delta table (default: <output.root>/tables/...)"
-    )
-    parser.add_argument("--no-record", action="store_true", help="write no table row")
-    parser.add_argument("--run-id", help="replace this run's row instead of appending one")
-    parser.add_argument("--no-ann", action="store_true", help="skip the Annoy recall check")
-    parser.add_argument("--ks", default="1,5,10", help="comma-separated K values (default: 1,5,10)")
-    return parser
-
-
-def parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
-    except ValueError:
-        raise ValueError(f"--ks: expected comma-separated integers, got {text!r}") from None
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--ks: expected positive integers, got {text!r}")
-    return ks
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lookalike.config import ConfigError, load_config
-    from lookalike.labelled import LabelledSetError, read_labelled_images
-    from lookalike.layout import RunLayout
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        ks = parse_ks(args.ks)
-        config = load_config(args.conf)
-        if args.checkpoint and not args.images:
-            raise ValueError("--checkpoint needs --images (stored vectors are already embedded)")
-        model = config.model
-        if args.checkpoint and not Path(args.checkpoint).is_file():
-            raise ValueError(f"--checkpoint: no such file: {args.checkpoint}")
-        if args.checkpoint:
-            model = model.model_copy(update={"checkpoint": str(Path(args.checkpoint).resolve())})
-        frame = read_labelled_images(args.images) if args.images else None
-        labels = pd.read_csv(args.labels, dtype=str) if args.labels else None
-    except (ConfigError, LabelledSetError, ValueError, OSError) as err:
-        print(f"lookalike.evaluate: {err}", file=sys.stderr)
-        return 2
-    index = None if args.no_ann else config.index
-    try:
-        if frame is not None:
-            evaluation = evaluate_model(
-                model, frame, dataset=args.dataset, split=args.split, ks=ks, index=index
-            )
-        else:
-            vectors, rows, model_id = stored_vectors(args.embeddings, labels, args.model_id)
-            evaluation = evaluate_vectors(
-                vectors,
-                rows,
-                model_id=model_id,
-                dataset=args.dataset,
-                split=args.split,
-                ks=ks,
-                index=index,
-            )
-    except (LabelledSetError, ValueError, RuntimeError, OSError) as err:
-        print(f"lookalike.evaluate: evaluation failed: {err}", file=sys.stderr)
-        return 1
-    paths = write_report(evaluation, args.output)
-    print(format_evaluation(evaluation, ks))
-    for path in paths:
-        print(f"wrote {path}")
-    if not args.no_record:
-        table = (
-            Location.of(args.table)
-            if args.table
-            else RunLayout(config.output_root, "").table("model_evaluations")
-        )
-        version = record_evaluation(table, evaluation, run_id=args.run_id)
-        print(f"recorded in {table} (version {version})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,8 @@ embedding stage's own reading, decoding and preprocessing.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,39 +206,3 @@ def embed_labelled(
         raise LabelledSetError("no image of the labelled set could be embedded")
     vectors = np.stack(results["embedding"][ok].to_list()).astype(np.float32)
     return vectors, frame[ok].reset_index(drop=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lookalike labelled",
-        description="Write a shared dataset as a labelled-set CSV "
-        "(image_uri, product_id, category, is_reference).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    grocery = commands.add_parser("grocery-store", help="the Grocery Store dataset")
-    grocery.add_argument("root", help="the dataset's repository folder (holding dataset/)")
-    grocery.add_argument("--split", required=True, help="train, val or test")
-    grocery.add_argument("--no-references", action="store_true", help="leave out iconic images")
-    grocery.add_argument("--out", required=True, help="CSV file to write")
-    folders = commands.add_parser("folders", help="<root>/<category>/<image> folders")
-    folders.add_argument("root")
-    folders.add_argument("--out", required=True, help="CSV file to write")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "grocery-store":
-            frame = grocery_store(args.root, args.split, with_references=not args.no_references)
-        else:
-            frame = image_folders(args.root)
-    except LabelledSetError as err:
-        print(f"lookalike.labelled: {err}", file=sys.stderr)
-        return 2
-    path = write_labelled_images(frame, args.out)
-    print(
-        f"{path}: {len(frame)} images, {frame['product_id'].nunique()} products, "
-        f"{frame['category'].nunique()} categories, {int(frame['is_reference'].sum())} references"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,18 +11,22 @@ model id reuse it (``reuse_stored_vectors``), and only the rest go through the n
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Iterator
 from functools import cache
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from pyspark import Accumulator, AccumulatorParam, TaskContext
-from pyspark.sql import DataFrame
+from pyspark import Accumulator, AccumulatorParam, StorageLevel, TaskContext
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lookalike.config import EmbedSettings, ModelSettings
+from lookalike.config import ConfigError, EmbedSettings, ModelSettings
+from lookalike.core import backbones
 from lookalike.core.backbones import Embedder, load_embedder
 from lookalike.core.embedding import (
     decode_threads,
@@ -30,6 +34,14 @@ from lookalike.core.embedding import (
     peak_rss_bytes,
 )
 from lookalike.core.images import ImageLimits, ImageRejected, content_hash, read_bytes
+from lookalike.layout import RunLayout
+from lookalike.stages.common import counted, read, union, write
+from lookalike.stages.ingest import image_roots
+
+log = logging.getLogger("lookalike")
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import RunContext
 
 HASH_RESULT = T.StructType(
     [
@@ -45,7 +57,7 @@ EMBED_RESULT = T.StructType(
         T.StructField("model_id", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
         # The duplicate descriptor: R-MAC of the whole frame, of the trimmed frame and of the
-        # zoomed centre, end to end (lookalike.core.backbones.duplicate_descriptors).
+        # zoomed centre, end to end (lookalike.core.rmac.duplicate_descriptors).
         T.StructField("rmac", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("phash", T.LongType()),
         T.StructField("phash_mirrored", T.LongType()),
@@ -214,3 +226,91 @@ def reuse_stored_vectors(
     )
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _stored_vectors(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """The vectors of the latest earlier run, if any (``reuse_stored_vectors`` keeps those of
+    the current model)."""
+    earlier = [
+        run.name
+        for run in (ctx.layout.root / "runs").iterdir()
+        if run.name < ctx.run_id and (run / "embeddings" / "_SUCCESS").exists()
+    ]
+    if not earlier:
+        return None
+    stored_df = spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
+    missing = set(EMBEDDINGS_COLUMNS) - set(stored_df.columns)
+    if missing:
+        log.info("embed: run %s lacks %s; embedding everything", earlier[-1], sorted(missing))
+        return None
+    log.info("embed: reusing unchanged vectors of run %s", earlier[-1])
+    return stored_df
+
+
+def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    model, settings = ctx.config.model, ctx.config.embed
+    try:
+        spec = backbones.resolve_model(model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    catalog_df = read(spark, ctx.layout.catalog, "embed")
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        roots=tuple(image_roots(ctx, ctx.catalog_path())),
+    )
+    peak_rss = spark.sparkContext.accumulator(0, MaxParam())
+    stored_df = _stored_vectors(spark, ctx) if settings.incremental else None
+    vectors: list[DataFrame] = []
+    rejects: list[DataFrame] = []
+    persisted: list[DataFrame] = []
+    try:
+        if stored_df is None:
+            todo_df = catalog_df
+        else:
+            # A cheap pass first: hash every image's bytes; only new hashes reach the network.
+            hashed_df = with_content_hashes(catalog_df, limits).persist()
+            persisted.append(hashed_df)
+            reused_df, todo_df = reuse_stored_vectors(hashed_df, stored_df, spec.model_id)
+            vectors.append(reused_df)
+            rejects.append(image_rejects(hashed_df, "hashed", ctx.run_id))
+        n_todo = todo_df.count()
+        embedded = None
+        if n_todo:
+            cores = spark.sparkContext.defaultParallelism
+            # Enough partitions to keep every core busy, few enough that each holds several
+            # batches.
+            n_partitions = max(1, min(cores * 4, math.ceil(n_todo / model.batch_size)))
+            # Persisted so that each image is read and embedded once for both outputs.
+            results_df = with_embedding_results(
+                todo_df, model, settings, n_partitions, limits, peak_rss
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(results_df)
+            new_df, new_rejects_df = split_embedding_results(results_df, ctx.run_id)
+            new_df, embedded = counted(new_df, "embedded")
+            vectors.append(new_df)
+            rejects.append(new_rejects_df)
+        # An empty catalog (ingest refuses one; a hand-made run folder may hold one) gives
+        # empty outputs with the columns of real ones.
+        no_vectors_df, no_rejects_df = split_embedding_results(
+            catalog_df.filter(F.lit(False)).withColumn("embedded", F.lit(None).cast(EMBED_RESULT)),
+            ctx.run_id,
+        )
+        n_vectors = write(union(vectors, no_vectors_df), ctx.layout.embeddings)
+        n_rejected = write(union(rejects, no_rejects_df), ctx.layout.rejects("embed"))
+    finally:
+        for df in persisted:
+            df.unpersist()
+    n_embedded = embedded.get["rows"] if embedded else 0
+    return {
+        # Every catalog row is a vector or a reject: nothing is dropped on the way.
+        "images": n_vectors + n_rejected,
+        "vectors": n_vectors,
+        "embedded": n_embedded,
+        "reused": n_vectors - n_embedded,
+        "rejected": n_rejected,
+        "worker_peak_rss_mb": round(peak_rss.value / 2**20),
+    }

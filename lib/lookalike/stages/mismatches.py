@@ -1,8 +1,8 @@
-"""Category mismatches: listings whose nearest neighbours overwhelmingly sit in another category.
+"""Category mismatches: listings whose nearest neighbors overwhelmingly sit in another category.
 
 The similar-items index is per category, so it cannot see across categories. This stage asks
 a different question of the same vectors: for every active listing, which categories hold its
-``k`` nearest neighbours among a *reference sample* of every category?
+``k`` nearest neighbors among a *reference sample* of every category?
 
 - The reference sample takes up to ``reference_per_category`` active listings of each
   category (the same ones every run: the smallest hashes of their sku_id), so a large category
@@ -18,11 +18,11 @@ a different question of the same vectors: for every active listing, which catego
   MobileNet-V2) with 10 listings moved to a random other category, mean of 10 plantings:
   the defaults flag 7.5 of the 10 (6.3 with the right suggestion) and 4.8 of the 362 correctly
   listed photos (mostly long sleeves that look like t-shirts); requiring a single category to
-  hold 70% of the neighbours instead found 5.2 and falsely flagged 8.1. A fine-tuned model
+  hold 70% of the neighbors instead found 5.2 and falsely flagged 8.1. A fine-tuned model
   (``lookalike finetune --label category``) separates the categories better.
 - The evidence kept with a flag: the suggested category's share, the own category's share,
-  the mean similarity to the suggesting neighbours, the best similarity to the own category's
-  references, and the neighbours themselves (sku ids and categories, nearest first).
+  the mean similarity to the suggesting neighbors, the best similarity to the own category's
+  references, and the neighbors themselves (sku ids and categories, nearest first).
 
 A limit worth knowing: listings mislabelled together (one seller putting twenty shoes under
 "dress") vouch for each other once they make up more than ``1 - min_share`` of a listing's
@@ -33,15 +33,21 @@ impossible.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
 from lookalike.config import MismatchSettings
+from lookalike.core.ann import best_of
+from lookalike.stages.common import read, write
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import RunContext
 
 MISMATCH_SCHEMA = T.StructType(
     [
@@ -51,9 +57,10 @@ MISMATCH_SCHEMA = T.StructType(
         # Share of the k nearest references in the suggested / in the listing's own category.
         T.StructField("suggested_share", T.FloatType(), False),
         T.StructField("own_share", T.FloatType(), False),
-        # Mean cosine to the neighbours of the suggested category; best cosine to its own.
+        # Mean cosine to the neighbors of the suggested category; best cosine to its own.
         T.StructField("suggested_score", T.FloatType(), False),
         T.StructField("own_best_score", T.FloatType(), True),
+        # The two columns keep the spelling the table was published with (readers select them).
         T.StructField("neighbour_sku_ids", T.ArrayType(T.StringType(), False), False),
         T.StructField("neighbour_categories", T.ArrayType(T.StringType(), False), False),
         T.StructField("model_id", T.StringType(), False),
@@ -108,12 +115,12 @@ def flag_batch(
         if (position := refs.position.get(sku_id)) is not None:
             scores[row, position] = -np.inf
     k = settings.k
-    nearest = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # Nearest first; equal scores by sku_id, so the evidence reads the same every run.
+    nearest = best_of(scores, k, tie_keys=refs.sku_ids)
     for row, (sku_id, category, model_id) in enumerate(
         zip(batch["sku_id"], batch["category"], batch["model_id"], strict=True)
     ):
-        # Nearest first; equal scores by sku_id, so the evidence reads the same every run.
-        ids = nearest[row][np.lexsort((refs.sku_ids[nearest[row]], -scores[row, nearest[row]]))]
+        ids = nearest[row]
         cats = refs.categories[ids]
         values, counts = np.unique(cats[cats != category], return_counts=True)
         if not len(values):
@@ -160,3 +167,21 @@ def category_mismatches(
         .select("sku_id", "category", "model_id", "embedding")
         .mapInPandas(flag, schema=MISMATCH_SCHEMA)
     )
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    settings = ctx.config.mismatches
+    embeddings_df = read(spark, ctx.layout.embeddings, "mismatches")
+    if settings.enabled:
+        flagged_df = category_mismatches(embeddings_df, settings=settings, run_id=ctx.run_id)
+    else:  # an empty table, so the report and the published table still say "none"
+        flagged_df = spark.createDataFrame([], MISMATCH_SCHEMA)
+    n_flagged = write(flagged_df, ctx.layout.category_mismatches)
+    written_df = read(spark, ctx.layout.category_mismatches, "mismatches")
+    return {
+        "flagged": n_flagged,
+        "categories_with_flags": written_df.select("category").distinct().count(),
+    }

@@ -12,7 +12,7 @@ the measured values next to the limits.
   once and never the SKU's own cluster); with a ``category_path`` of two or more levels, the
   products under its top level (a small category borrows from its relatives). A listing of
   a 3-listing category with 2 similar items is complete; a listing of a big category that
-  lost its neighbours is not. Listings without a photo of their own (``shared_photos``) give
+  lost its neighbors is not. Listings without a photo of their own (``shared_photos``) give
   and get nothing and are not counted.
 - ``reject_rate``: rejected catalog rows (ingest + embed) / catalog rows read.
 - ``top1_score_spread``: standard deviation of each SKU's best score; a model that returns
@@ -33,13 +33,13 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lookalike import tables
 from lookalike.config import GateSettings
 from lookalike.core.storage import Location
-from lookalike.neighbors import PATH_SEPARATOR, eligible_listings
+from lookalike.stages.neighbor_plans import PATH_SEPARATOR, eligible_listings
 
 log = logging.getLogger("lookalike")
 
@@ -78,10 +78,7 @@ def _gate(gate: str, value: float | None, threshold: float, kind: str) -> GateRe
 
 def published_similar_items(spark: SparkSession, table: Path | Location) -> DataFrame | None:
     """The storefront's current similar_items (the previous published run), if any."""
-    if not DeltaTable.is_deltatable(str(table)):
-        return None
-    files = DeltaTable(str(table)).file_uris()
-    return spark.read.parquet(*files) if files else None
+    return tables.read_with_spark(spark, table)
 
 
 def with_attainable_k(eligible_df: DataFrame, paths_df: DataFrame | None, k: int) -> DataFrame:

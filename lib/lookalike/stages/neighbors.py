@@ -20,24 +20,36 @@ from (``category`` or the ancestor path), own-category rows first.
 from __future__ import annotations
 
 import dataclasses
+from functools import reduce
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike.core.ann import Shard
 from lookalike.core.storage import Location
-from lookalike.index import Shard, map_shard_pairs
+from lookalike.stages.common import read, read_shared_photos, write
+from lookalike.stages.index import map_shard_pairs, measure_recall
+from lookalike.stages.neighbor_plans import (
+    PATH_SEPARATOR,
+    borrowing_pairs,
+    borrowing_targets,
+    eligible_listings,
+    plan_categories,
+    read_category_paths,
+)
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import RunContext
 
 # The value of ``source`` for a listing of the SKU's own category.
 OWN_CATEGORY = "category"
-# Levels of a category_path: "Women > Dresses > Maxi" (spaces around ">" optional in input).
-PATH_SEPARATOR = " > "
-
 SIMILAR_ITEMS_SCHEMA = T.StructType(
     [
         T.StructField("sku_id", T.StringType(), False),
@@ -54,9 +66,6 @@ SIMILAR_ITEMS_SCHEMA = T.StructType(
 )
 
 QUERY_BLOCK = 4096
-# A cluster can waste places in a row (see extra_for_clusters); never ask for more than
-# this many extra neighbours per shard.
-MAX_EXTRA_NEIGHBOURS = 200
 
 
 def top_k_across(
@@ -141,7 +150,7 @@ def similar_items(
     """Candidate similar_items rows: up to k per SKU from each target shard (one Spark task per
     pair of shards). By default the pairs are the sub-shards of each category; ``pairs`` and
     ``sources`` (``(query shard_id, target shard_id) -> source``) name others (borrowing).
-    ``extra`` adds neighbours per target category (see ``extra_for_clusters``).
+    ``extra`` adds neighbors per target category (see ``extra_for_clusters``).
     ``best_k`` merges the candidates into the final ranking."""
     sources, extra = sources or {}, extra or {}
 
@@ -266,162 +275,106 @@ def best_k(similar_df: DataFrame, clusters_df: DataFrame, k: int) -> DataFrame:
     return without_own_duplicates(filter_repeated_products(similar_df, clusters_df), clusters_df, k)
 
 
-# --- how many neighbours to ask, and from where ------------------------------------------------
+# --- the stage --------------------------------------------------------------------------------
 
 
-def category_paths(catalog_df: DataFrame) -> DataFrame:
-    """(category, category_path): one path per category, its levels trimmed and joined by
-    " > " ("Women>Dresses> Maxi" -> "Women > Dresses > Maxi"); the most frequent path of
-    the category's listings (ties: the smallest), so listings that disagree do not split it.
-    Empty when the catalog has no category_path column."""
-    if "category_path" not in catalog_df.columns:
-        return catalog_df.sparkSession.createDataFrame([], "category string, category_path string")
-    levels = F.filter(
-        F.transform(F.split(F.col("category_path"), ">"), lambda level: F.trim(level)),
-        lambda level: level != "",
+def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    manifest_df = read(spark, ctx.layout.index_manifest, "neighbors")
+    clusters_df = read(spark, ctx.layout.duplicate_clusters, "neighbors")
+    embeddings_df = read(spark, ctx.layout.embeddings, "neighbors")
+    shared_df = read_shared_photos(spark, ctx)
+    settings = ctx.config.neighbors
+    k, search_k = settings.k, ctx.config.index.search_k
+    # One row per category (and per ancestor path) reaches the driver, like the manifest.
+    plans, products_under = plan_categories(
+        eligible_listings(embeddings_df, clusters_df, shared_df),
+        read_category_paths(spark, ctx),
+        k,
     )
-    counted_df = (
-        catalog_df.select("category", F.array_join(levels, PATH_SEPARATOR).alias("category_path"))
-        .filter(F.col("category_path").isNotNull() & (F.col("category_path") != ""))
-        .groupBy("category", "category_path")
-        .count()
-    )
-    most_frequent = Window.partitionBy("category").orderBy(
-        F.col("count").desc(), F.col("category_path")
-    )
-    return (
-        counted_df.withColumn("n", F.row_number().over(most_frequent))
-        .filter(F.col("n") == 1)
-        .select("category", "category_path")
-    )
-
-
-def eligible_listings(
-    embeddings_df: DataFrame, clusters_df: DataFrame, shared_photos_df: DataFrame | None
-) -> DataFrame:
-    """Listings that can give and get similar items: active, embedded, with a photo of their
-    own; ``product_key`` is their duplicate cluster (or themselves): one product each."""
-    listings_df = embeddings_df.filter(F.col("is_active")).select("sku_id", "category")
-    if shared_photos_df is not None:
-        listings_df = listings_df.join(shared_photos_df.select("sku_id"), "sku_id", "left_anti")
-    membership = clusters_df.select("sku_id", "cluster_id")
-    return listings_df.join(membership, "sku_id", "left").withColumn(
-        "product_key", F.coalesce(F.col("cluster_id"), F.col("sku_id"))
-    )
-
-
-def extra_for_clusters(largest: int, redundant: int, k: int) -> int:
-    """Extra neighbours to ask of a category so that K distinct products remain: each of the
-    K products kept can bring its other cluster members along (largest - 1 places each), the
-    SKU's own cluster as many again (+1 when the SKU borrows from another category), and
-    never more than the category's redundant listings (members beyond one per cluster) + 1."""
-    if largest <= 1:
-        return 0
-    return min((k + 1) * (largest - 1) + 1, redundant + 1, MAX_EXTRA_NEIGHBOURS)
-
-
-@dataclasses.dataclass(frozen=True)
-class CategoryPlan:
-    """What the neighbors stage needs per category (one row per category on the driver)."""
-
-    category: str
-    products: int  # distinct products among the eligible listings
-    extra: int  # extra neighbours asked of its shards (clusters)
-    path: tuple[str, ...] | None  # category_path levels, None without
-
-
-def plan_categories(
-    eligible_df: DataFrame, paths_df: DataFrame, k: int
-) -> tuple[dict[str, CategoryPlan], dict[str, int]]:
-    """Per category (products, extra neighbours, path) and products per ancestor path:
-    Spark aggregates, one row per category and per ancestor to the driver."""
-    per_cluster = (
-        eligible_df.filter(F.col("cluster_id").isNotNull())
-        .groupBy("category", "cluster_id")
-        .count()
-        .groupBy("category")
-        .agg(F.max("count").alias("largest"), F.sum(F.col("count") - 1).alias("redundant"))
-    )
-    rows = (
-        eligible_df.groupBy("category")
-        .agg(F.count_distinct("product_key").alias("products"))
-        .join(per_cluster, "category", "left")
-        .join(paths_df, "category", "left")
-        .collect()
-    )
-    plans = {
-        r["category"]: CategoryPlan(
-            r["category"],
-            int(r["products"]),
-            extra_for_clusters(int(r["largest"] or 1), int(r["redundant"] or 0), k),
-            tuple(r["category_path"].split(PATH_SEPARATOR)) if r["category_path"] else None,
+    # Clusters take places that are then given to the next products: ask each category's
+    # shards for enough more that K distinct products remain.
+    extra = {category: plan.extra for category, plan in plans.items()}
+    shared_path = None if shared_df is None else str(ctx.layout.shared_photos)
+    candidates = [
+        similar_items(
+            manifest_df,
+            k=k,
+            extra=extra,
+            search_k=search_k,
+            run_id=ctx.run_id,
+            shared_photos=shared_path,
         )
-        for r in rows
+    ]
+    # Categories too small for K ask their relatives' shards: only their own few listings.
+    borrowing = (
+        borrowing_targets(plans, products_under, k) if settings.borrow_from_ancestors else {}
+    )
+    if borrowing:
+        pairs, sources = borrowing_pairs(manifest_df, borrowing)
+        candidates.append(
+            similar_items(
+                manifest_df,
+                # + 1: a member of the SKU's own cluster in the other category takes a place.
+                k=k + 1,
+                extra=extra,
+                search_k=search_k,
+                run_id=ctx.run_id,
+                pairs=pairs,
+                sources=sources,
+                shared_photos=shared_path,
+            )
+        )
+    # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k.
+    similar_df = best_k(reduce(DataFrame.unionByName, candidates), clusters_df, k)
+    n_rows = write(similar_df, ctx.layout.similar_items)
+    per_sku = (
+        read(spark, ctx.layout.similar_items, "neighbors")
+        .groupBy("sku_id")
+        .agg(
+            F.count(F.lit(1)).alias("count"),
+            F.count_if(F.col("source") != OWN_CATEGORY).alias("borrowed"),
+        )
+        .agg(
+            F.count(F.lit(1)).alias("skus"),
+            F.count_if(F.col("count") == k).alias("skus_with_full_k"),
+            F.count_if(F.col("borrowed") > 0).alias("skus_borrowing"),
+            F.sum("borrowed").alias("borrowed_rows"),
+        )
+        .first()
+    )
+    counts = {
+        "rows": n_rows,
+        "skus": per_sku["skus"],
+        "skus_with_full_k": per_sku["skus_with_full_k"],
+        "skus_borrowing": per_sku["skus_borrowing"] or 0,
+        "borrowed_rows": per_sku["borrowed_rows"] or 0,
+        "categories_borrowing": len(borrowing),
+        "listings_without_own_photo": 0 if shared_df is None else shared_df.count(),
     }
-    ancestors_df = (
-        eligible_df.join(paths_df, "category")
-        .withColumn("levels", F.split("category_path", PATH_SEPARATOR, -1))
-        .select(
-            "product_key",
-            F.explode(
-                F.transform(
-                    F.sequence(F.lit(1), F.size("levels")),
-                    lambda n: F.array_join(F.slice("levels", 1, n), PATH_SEPARATOR),
-                )
-            ).alias("ancestor"),
-        )
-        .groupBy("ancestor")
-        .agg(F.count_distinct("product_key").alias("products"))
-    )
-    products_under = {r["ancestor"]: int(r["products"]) for r in ancestors_df.collect()}
-    return plans, products_under
+    if settings.recall_queries:
+        counts |= _measured_recall(manifest_df, ctx)
+    return counts
 
 
-def _is_under(path: tuple[str, ...], ancestor: tuple[str, ...]) -> bool:
-    return path[: len(ancestor)] == ancestor
-
-
-def borrowing_targets(
-    plans: dict[str, CategoryPlan], products_under: dict[str, int], k: int
-) -> dict[str, dict[str, str]]:
-    """{category: {target category: source}} for the categories that cannot fill K
-    themselves: the categories under their nearest ancestor that holds K other products (or
-    the top level when none does), each named by the nearest ancestor the two share."""
-    borrowing: dict[str, dict[str, str]] = {}
-    for plan in plans.values():
-        if plan.path is None or len(plan.path) < 2 or plan.products - 1 >= k:
-            continue
-        ancestors = [plan.path[:n] for n in range(len(plan.path) - 1, 0, -1)]
-        chosen = next(
-            (a for a in ancestors if products_under.get(PATH_SEPARATOR.join(a), 0) - 1 >= k),
-            ancestors[-1],
-        )
-        targets = {}
-        for other in plans.values():
-            if other.category == plan.category or other.path is None:
-                continue
-            if not _is_under(other.path, chosen):
-                continue
-            shared = next(a for a in ancestors if _is_under(other.path, a))
-            targets[other.category] = PATH_SEPARATOR.join(shared)
-        if targets:
-            borrowing[plan.category] = targets
-    return borrowing
-
-
-def borrowing_pairs(
-    manifest_df: DataFrame, borrowing: dict[str, dict[str, str]]
-) -> tuple[list[tuple[dict, dict]], dict[tuple[str, str], str]]:
-    """(query shard, target shard) pairs for the borrowing categories, and each pair's source:
-    manifest rows only."""
-    by_category: dict[str, list[dict]] = {}
-    for row in manifest_df.collect():
-        by_category.setdefault(row["category"], []).append(row.asDict())
-    pairs, sources = [], {}
-    for category, targets in sorted(borrowing.items()):
-        for query in by_category.get(category, []):
-            for target_category, source in sorted(targets.items()):
-                for target in by_category.get(target_category, []):
-                    pairs.append((query, target))
-                    sources[(query["shard_id"], target["shard_id"])] = source
-    return pairs, sources
+def _measured_recall(manifest_df: DataFrame, ctx: RunContext) -> dict:
+    """recall@k of the Annoy shards on sampled queries: pooled, worst shard, and per shard
+    (one row per shard reaches the driver)."""
+    k = ctx.config.neighbors.k
+    rows = measure_recall(
+        manifest_df,
+        k=k,
+        search_k=ctx.config.index.search_k,
+        queries=ctx.config.neighbors.recall_queries,
+        seed=ctx.config.index.seed,
+    ).collect()
+    measured = sorted((r for r in rows if r["wanted"]), key=lambda r: r["shard_id"])
+    hits, wanted = sum(r["hits"] for r in measured), sum(r["wanted"] for r in measured)
+    return {
+        "recall_queries": sum(r["queries"] for r in measured),
+        # Exact shards are exact by construction: 1.0 when no Annoy shard was sampled.
+        "recall_at_k": round(hits / wanted, 4) if wanted else 1.0,
+        "recall_at_k_min": round(min((r["hits"] / r["wanted"] for r in measured), default=1.0), 4),
+        "recall_at_k_by_shard": {
+            r["shard_id"]: round(r["hits"] / r["wanted"], 4) for r in measured
+        },
+    }

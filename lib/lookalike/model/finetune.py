@@ -18,13 +18,11 @@ Training is deterministic for a seed on a given machine and thread count.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,9 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lookalike.config import ConfigError, ModelSettings, load_config
+from lookalike.config import FineTuneSettings
 from lookalike.core.backbones import (
-    BACKBONES,
     CHECKPOINT_FORMAT,
     Embedder,
     build_network,
@@ -47,77 +44,11 @@ from lookalike.core.backbones import (
     select_device,
 )
 from lookalike.core.images import ImageLimits, ImageRejected, decode_rgb, read_bytes
-from lookalike.labelled import LabelledSetError, default_limits, read_labelled_images
+from lookalike.model.labelled import LabelledSetError, default_limits
 
 log = logging.getLogger(__name__)
 
 Loss = Literal["normsoftmax", "triplet"]
-
-
-@dataclass(frozen=True)
-class FineTuneSettings:
-    """What to train and how. Every field has one meaning; defaults are the benchmarked ones."""
-
-    # The starting point: a registered backbone and its torchvision weights.
-    backbone: str = "mobilenet_v2"
-    weights: str = "IMAGENET1K_V1"
-    # Preprocessing, as model.trim_borders and model.image_size: train on what the job will
-    # embed (the checkpoint is loaded with the job's settings; they must agree).
-    trim_borders: bool = False
-    image_size: int | None = None
-    # Width of the projection (the embedding the job stores).
-    dim: int = 256
-    # Last backbone blocks trained with the projection; 0 trains the projection alone.
-    train_blocks: int = 1
-    # triplet for groups of photos of one product (grocery photo -> iconic Recall@1 +16.6
-    # points); normsoftmax for broad categories, where batch-hard triplets collapse.
-    loss: Loss = "triplet"
-    epochs: int = 20
-    batch_size: int = 64
-    # Learning rates: the new projection and proxies, and the pretrained blocks.
-    lr: float = 1e-3
-    backbone_lr: float = 1e-4
-    weight_decay: float = 1e-4
-    # normsoftmax: softmax temperature over cosine similarities.
-    temperature: float = 0.05
-    # triplet: margin, and images per group in a batch (batch_size // k groups).
-    margin: float = 0.2
-    images_per_group: int = 4
-    # Randomly mirror the cached feature maps (a mirrored photo is the same product).
-    flip: bool = True
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
-        if self.loss not in ("normsoftmax", "triplet"):
-            raise ValueError(f"loss: {self.loss!r} is not normsoftmax or triplet")
-        checks = {
-            "dim": self.dim >= 1,
-            "train_blocks": 0 <= self.train_blocks <= 4,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,
-            "lr": self.lr > 0,
-            "backbone_lr": self.backbone_lr >= 0,
-            "temperature": self.temperature > 0,
-            "images_per_group": 2 <= self.images_per_group <= self.batch_size // 2,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name}: bad value {getattr(self, name)!r}")
-        self.model_settings()  # the model's own checks (image_size range, weights name type)
-
-    def model_settings(self, checkpoint: str | None = None) -> ModelSettings:
-        """The model configuration this training starts from, or (with ``checkpoint``) ends in."""
-        return ModelSettings(
-            backbone=self.backbone,
-            weights=self.weights,
-            checkpoint=checkpoint,
-            trim_borders=self.trim_borders,
-            image_size=self.image_size,
-            device=self.device,
-        )
 
 
 # --- splitting the backbone -----------------------------------------------------------------------
@@ -497,7 +428,7 @@ def export_checkpoint(
             }
         },
         "training": {
-            "settings": asdict(trained.settings),
+            "settings": trained.settings.model_dump(),
             "groups": len(trained.groups),
             "train_seconds": round(trained.train_seconds, 1),
             "history": [asdict(h) for h in trained.history],
@@ -552,98 +483,3 @@ def fine_tune(
             "feature_seconds": round(feature_seconds, 1),
         },
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    defaults = FineTuneSettings()
-    parser = argparse.ArgumentParser(
-        prog="lookalike finetune",
-        description="Fine-tune an embedding (projection + last backbone blocks) on a labelled "
-        "set and export a checkpoint for model.checkpoint.",
-    )
-    parser.add_argument("--train", required=True, help="labelled-set CSV (lookalike.labelled)")
-    parser.add_argument(
-        "--label",
-        choices=("product_id", "category"),
-        default="product_id",
-        help="the groups to learn: photos of the same product, or of the same category",
-    )
-    parser.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
-    parser.add_argument("--cache-dir", help="folder caching the trunk features between runs")
-    parser.add_argument(
-        "--include-references",
-        action="store_true",
-        help="also train on is_reference rows (left out by default)",
-    )
-    parser.add_argument(
-        "--conf",
-        help="the job's configuration: backbone, weights, trim_borders and image_size come "
-        "from its model section (so training sees what the job embeds)",
-    )
-    parser.add_argument("--backbone", help=f"default: the configuration's, or {defaults.backbone}")
-    parser.add_argument("--weights", help=f"default: the configuration's, or {defaults.weights}")
-    parser.add_argument("--trim-borders", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument(
-        "--loss",
-        choices=("triplet", "normsoftmax"),
-        help="default: triplet for product_id groups, normsoftmax for categories (batch-hard "
-        "triplets collapsed on 10 broad clothing categories: precision@10 74.2%% vs 80.7%%)",
-    )
-    parser.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
-    for name in ("dim", "train_blocks", "epochs", "batch_size", "images_per_group", "seed"):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
-        )
-    for name in ("lr", "backbone_lr", "weight_decay", "temperature", "margin"):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
-        )
-    parser.add_argument("--no-flip", action="store_true", help="do not mirror feature maps")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> FineTuneSettings:
-    """Settings from the command line; preprocessing from ``--conf`` where not given."""
-    fields = FineTuneSettings.__dataclass_fields__
-    preprocessing = ("backbone", "weights", "trim_borders", "image_size")
-    values = {k: v for k, v in vars(args).items() if k in fields and k not in preprocessing}
-    if values.get("loss") is None:
-        values["loss"] = "normsoftmax" if args.label == "category" else "triplet"
-    model = load_config(args.conf).model if args.conf else None
-    for name in preprocessing:
-        given = getattr(args, name)
-        if given is not None:
-            values[name] = given
-        elif model is not None:
-            values[name] = getattr(model, name)
-    return FineTuneSettings(**values, flip=not args.no_flip)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = settings_from_args(args)
-        frame = read_labelled_images(args.train)
-        if not args.include_references:
-            frame = frame[~frame["is_reference"]]
-    except (ConfigError, ValueError, LabelledSetError) as err:
-        print(f"lookalike.finetune: {err}", file=sys.stderr)
-        return 2
-    try:
-        info = fine_tune(frame, args.label, settings, args.out, cache_dir=args.cache_dir)
-    except (ValueError, LabelledSetError, RuntimeError, OSError) as err:
-        print(f"lookalike.finetune: training failed: {err}", file=sys.stderr)
-        return 1
-    print(f"checkpoint {info['checkpoint']}\nmodel_id   {info['model_id']}")
-    print(
-        "configuration:\n  model:\n"
-        + "".join(f"    {k}: {v}\n" for k, v in info["config"]["model"].items()),
-        end="",
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

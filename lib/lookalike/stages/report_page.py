@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import pandas as pd
@@ -20,6 +21,9 @@ from PIL import Image, ImageOps
 
 from lookalike.core.storage import Location
 from lookalike.csvsafe import spreadsheet_csv
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ class _MismatchView:
     suggested_score: float
     own_best_score: float | None
     # The nearest references, nearest first: "sku_id (category)".
-    neighbours: list[str]
+    neighbors: list[str]
 
 
 def write_duplicate_report(
@@ -228,7 +232,7 @@ def write_duplicate_report(
         )
     )
     # Spreadsheets open these: seller text that looks like a formula is made text (after the
-    # neighbour lists are joined, since the joined cell starts with the first sku id).
+    # neighbor lists are joined, since the joined cell starts with the first sku id).
     csv_text = spreadsheet_csv(ordered)
     mismatch_csv_text = spreadsheet_csv(
         flagged.assign(
@@ -273,7 +277,7 @@ def _joined(values: object) -> str:
 
 
 def _sort_mismatches(flagged: pd.DataFrame) -> pd.DataFrame:
-    """Most confident first: fewest neighbours of its own category, most of the suggested one,
+    """Most confident first: fewest neighbors of its own category, most of the suggested one,
     most similar to them; then sku_id."""
     order = flagged.sort_values(
         ["own_share", "suggested_share", "suggested_score", "sku_id"],
@@ -345,7 +349,7 @@ def _mismatch_view(row, thumbs: dict[str, _Thumb | None]) -> _MismatchView:
         own_share=float(row.own_share),
         suggested_score=float(row.suggested_score),
         own_best_score=None if pd.isna(row.own_best_score) else float(row.own_best_score),
-        neighbours=[f"{sku} ({cat})" for sku, cat in zip(ids, cats, strict=False)],
+        neighbors=[f"{sku} ({cat})" for sku, cat in zip(ids, cats, strict=False)],
     )
 
 

@@ -1,0 +1,457 @@
+"""Nearest neighbors of unit vectors: the one exact top-k, the one Annoy builder, shard files.
+
+Everything that ranks vectors by cosine goes through here: the index stage's exact shards
+and its recall sample, evaluation's leave-one-out search and the mismatch stage's reference
+vote. ``best_of`` chooses the best columns of a score matrix (ties by column); ``top_k``
+multiplies blocks of queries by the items, chooses with ``best_of`` in float32 and scores the
+chosen in float64, so identical vectors get identical scores wherever they sit.
+
+A shard is two files on local disk or object storage, named in a manifest row with their
+checksum: ``<shard_id>.npy`` (float32 unit vectors, ``kind = exact``) or ``<shard_id>.ann``
+(an Annoy forest, ``kind = annoy``), and ``<shard_id>.ids.parquet`` (dense item id -> sku_id,
+is_active). ``Shard`` opens both memory-mapped and answers ``search`` whatever the kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from annoy import AnnoyIndex
+
+from lookalike import faults
+from lookalike.core.storage import ChecksumMismatch, Location
+
+if TYPE_CHECKING:
+    from lookalike.config import IndexSettings
+    from lookalike.core.projection import Projection
+
+METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
+ANNOY, EXACT = "annoy", "exact"
+NO_PROJECTION = "none"  # the manifest's projection without PCA
+
+# Query vectors per block of exact search: 512 x 100k float32 scores = 200 MB at most.
+EXACT_BLOCK = 512
+# float32 products are within about 1e-6 of the float64 ones for unit vectors: candidates this
+# close to the cut are rescored too, so a near-tie is decided in float64.
+TIE_MARGIN = 1e-5
+
+
+class ShardError(RuntimeError):
+    """A shard's files are missing or do not match the manifest."""
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be (n, dim), got shape {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def cosine_from_angular(distance: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 - np.square(distance) / 2.0
+
+
+def shard_id_for(category: str, part: int = 0, n_parts: int = 1) -> str:
+    """A file-name-safe, collision-free id: categories come from sellers (``../x`` too)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")[:40] or "category"
+    base = f"{slug}-{hashlib.sha1(category.encode()).hexdigest()[:8]}"
+    return base if n_parts == 1 else f"{base}-p{part:03d}of{n_parts:03d}"
+
+
+# --- exact search ----------------------------------------------------------------------------
+
+
+def best_of(scores: np.ndarray, k: int, tie_keys: np.ndarray | None = None) -> np.ndarray:
+    """Column ids of each row's k highest scores, best first; equal scores in column order
+    (or in ``tie_keys`` order, one key per column). ``-inf`` marks a column a row must not
+    get; it is returned only when fewer than k columns remain."""
+    n_rows, n_columns = scores.shape
+    m = min(k, n_columns)
+    if m == 0:
+        return np.empty((n_rows, 0), np.int64)
+    if m < n_columns:
+        chosen = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        # Equal scores at the cut: argpartition took any of them; take the first by key.
+        cut = np.take_along_axis(scores, chosen, 1).min(axis=1)
+        for row in np.flatnonzero(np.count_nonzero(scores >= cut[:, None], axis=1) > m):
+            tied = np.flatnonzero(scores[row] >= cut[row])
+            keys = tied if tie_keys is None else tie_keys[tied]
+            chosen[row] = tied[np.lexsort((keys, -scores[row, tied]))][:m]
+    else:
+        chosen = np.broadcast_to(np.arange(n_columns), scores.shape)
+    ties = chosen if tie_keys is None else tie_keys[chosen]
+    order = np.lexsort((ties, -np.take_along_axis(scores, chosen, 1)), axis=1)
+    return np.take_along_axis(chosen, order, 1).astype(np.int64)
+
+
+def top_k(
+    items: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    allowed: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    block: int = EXACT_BLOCK,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k by cosine of unit vectors: for each query up to k (item ids, scores), best
+    first, ties in item id order. ``allowed`` (a mask of items) leaves the others out;
+    ``exclude[i]`` is an item query i must not get (itself), -1 for none."""
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    exclude = np.full(len(queries), -1) if exclude is None else np.asarray(exclude)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ items.T
+        np.clip(scores, -1.0, 1.0, out=scores)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        rows = np.arange(len(scores))
+        excluded = exclude[start : start + block]
+        scores[rows[excluded >= 0], excluded[excluded >= 0]] = -np.inf
+        top = best_of(scores, k)
+        m = top.shape[1]
+        if m == 0:
+            out.extend((np.empty(0, np.int64), np.empty(0, np.float32)) for _ in rows)
+            continue
+        # float32 products choose; float64 ones score what was chosen, so that identical
+        # vectors get identical scores wherever they sit in the matrix (ties by item id).
+        cut = np.take_along_axis(scores, top, 1).min(axis=1) - TIE_MARGIN
+        wide = np.count_nonzero(scores >= cut[:, None], axis=1) > m
+        block_queries = queries[start : start + block].astype(np.float64)
+        for r in rows:
+            candidates = np.flatnonzero(scores[r] >= cut[r]) if wide[r] else top[r]
+            candidates = candidates[scores[r][candidates] > -np.inf]
+            exact = np.clip(items[candidates].astype(np.float64) @ block_queries[r], -1.0, 1.0)
+            exact = exact.astype(np.float32)
+            order = np.lexsort((candidates, -exact))[:m]
+            out.append((candidates[order].astype(np.int64), exact[order]))
+    return out
+
+
+def merge_answers(
+    parts: list[list[tuple[np.ndarray, np.ndarray]]], k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's best k over the answers of several item blocks (item ids already global):
+    every block's answer is exact, so the best of their union is the exact answer."""
+    merged = []
+    for answers in zip(*parts, strict=True):
+        ids = np.concatenate([a[0] for a in answers])
+        scores = np.concatenate([a[1] for a in answers])
+        order = np.lexsort((ids, -scores))[:k]
+        merged.append((ids[order], scores[order]))
+    return merged
+
+
+def padded(answers: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Answers as (queries, k) arrays of ids and scores, short rows padded with -1 / -inf."""
+    ids = np.full((len(answers), k), -1, dtype=np.int64)
+    scores = np.full((len(answers), k), -np.inf, dtype=np.float32)
+    for row, (found, found_scores) in enumerate(answers):
+        ids[row, : len(found)] = found
+        scores[row, : len(found)] = found_scores
+    return ids, scores
+
+
+# --- Annoy -----------------------------------------------------------------------------------
+
+
+def build_annoy(vectors: np.ndarray, *, n_trees: int, seed: int) -> AnnoyIndex:
+    """An angular Annoy forest of the vectors (item id = row), reproducible for a seed."""
+    index = AnnoyIndex(vectors.shape[1], METRIC)
+    index.set_seed(seed)
+    for item_id, vector in enumerate(vectors):
+        index.add_item(item_id, vector)
+    # One build thread: Annoy's seeded builds are reproducible only for a fixed n_jobs.
+    index.build(n_trees, n_jobs=1)
+    return index
+
+
+# --- shard files -----------------------------------------------------------------------------
+
+
+def save_shard(
+    members: pd.DataFrame,
+    vectors: np.ndarray,
+    folder: Path,
+    shard_id: str,
+    *,
+    kind: str,
+    n_trees: int,
+    seed: int,
+) -> dict:
+    """Write a shard's two files into a local folder; each is written beside and renamed, so
+    a reader never maps a half-written file. ``members`` holds sku_id and is_active in item
+    order; returns the manifest fields the files decide."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dim = vectors.shape[1]
+    if kind == EXACT:
+        path = folder / f"{shard_id}.npy"
+        with open(str(path) + ".partial", "wb") as out:
+            np.save(out, np.ascontiguousarray(vectors))
+        faults.point("index.shard_saved")
+    elif kind == ANNOY:
+        index = build_annoy(vectors, n_trees=n_trees, seed=seed)
+        path = folder / f"{shard_id}.ann"
+        index.save(str(path) + ".partial")
+        faults.point("index.shard_saved")
+        index.unload()
+    else:
+        raise ValueError(f"unknown shard kind {kind!r}")
+    os.replace(str(path) + ".partial", path)
+    ids_path = folder / f"{shard_id}.ids.parquet"
+    ids = pa.table(
+        {
+            "item_id": pa.array(np.arange(len(members)), pa.int64()),
+            "sku_id": pa.array(members["sku_id"], pa.string()),
+            "is_active": pa.array(members["is_active"], pa.bool_()),
+        }
+    )
+    pq.write_table(ids, str(ids_path) + ".partial")
+    os.replace(str(ids_path) + ".partial", ids_path)
+    return {
+        "kind": kind,
+        "n_items": len(members),
+        "n_active": int(members["is_active"].sum()),
+        "dim": dim,
+        "n_trees": n_trees if kind == ANNOY else 0,
+        "file": path.name,
+        "ids_file": ids_path.name,
+        "checksum": Location.of(path).sha256(),
+    }
+
+
+def build_shard(
+    members: pd.DataFrame,
+    *,
+    shard_id: str,
+    index_dir: Path | Location,
+    settings: IndexSettings,
+    kind: str = ANNOY,
+    projection: Projection | None = None,
+) -> dict:
+    """Build and save one shard from rows (sku_id, is_active, embedding).
+
+    The files are built on local disk (Annoy writes and maps only local files): in
+    ``index_dir`` itself when it is a local folder, else in a scratch folder and then
+    uploaded to object storage.
+    """
+    members = members.sort_values("sku_id", kind="stable").reset_index(drop=True)
+    vectors = np.stack(members["embedding"].to_numpy()).astype(np.float32)
+    vectors = projection.apply(vectors) if projection is not None else unit_rows(vectors)
+    index_dir = Location.of(index_dir)
+    scratch = None if index_dir.is_local else Path(tempfile.mkdtemp(prefix="lookalike-shard-"))
+    try:
+        built = save_shard(
+            members,
+            vectors,
+            scratch or index_dir.path,
+            shard_id,
+            kind=kind,
+            n_trees=settings.n_trees,
+            seed=settings.seed,
+        )
+        path, ids_path = index_dir / built.pop("file"), index_dir / built.pop("ids_file")
+        if scratch is not None:
+            # The id map first: a shard file is never in place without its ids.
+            ids_path.upload(scratch / ids_path.name)
+            path.upload(scratch / path.name)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return built | {
+        "projection": projection.fingerprint if projection is not None else NO_PROJECTION,
+        "path": str(path),
+        "ids_path": str(ids_path),
+    }
+
+
+@dataclass
+class Shard:
+    """A shard opened for queries: the memory-mapped index (or vectors) and its id map."""
+
+    shard_id: str
+    category: str
+    model_id: str
+    kind: str
+    index: AnnoyIndex | None
+    vectors: np.ndarray | None  # exact shards: (n, dim) float32, memory-mapped
+    sku_ids: np.ndarray
+    is_active: np.ndarray
+
+    @classmethod
+    def open(cls, row: pd.Series | dict) -> Shard:
+        """Open the shard a manifest row names, checking its files against the row."""
+
+        def fail(problem: str) -> ShardError:
+            return ShardError(f"shard {row['shard_id']} ({row['category']!r}): {problem}")
+
+        kind = row.get("kind", ANNOY)
+        path, ids_path = Location.of(row["path"]), Location.of(row["ids_path"])
+        for p in (path, ids_path):
+            if not p.exists():
+                raise fail(f"missing {p}")
+        corrupt = f"{path} does not match the manifest checksum (corrupt or overwritten)"
+        if path.is_local and path.sha256() != row["checksum"]:
+            raise fail(corrupt)
+        try:
+            # Object storage: fetched once per machine (checked against the checksum) and
+            # memory-mapped from local disk like a local shard.
+            local = path.local_copy(row["checksum"])
+        except ChecksumMismatch:
+            raise fail(corrupt) from None
+        index, vectors = None, None
+        if kind == EXACT:
+            try:
+                vectors = np.load(local, mmap_mode="r", allow_pickle=False)
+            except ValueError as err:
+                raise fail(f"{path} is not a vector file: {err}") from None
+            n_items = len(vectors)
+            if vectors.ndim != 2 or vectors.shape[1] != int(row["dim"]):
+                raise fail(f"{path} holds vectors of shape {vectors.shape}, dim {row['dim']}")
+        elif kind == ANNOY:
+            index = AnnoyIndex(int(row["dim"]), row["metric"])
+            index.load(str(local))  # memory-mapped, shared by every reader on the machine
+            n_items = index.get_n_items()
+        else:
+            raise fail(f"unknown shard kind {kind!r}")
+        try:
+            ids_fs, ids_file = ids_path.arrow()
+            ids = pq.read_table(ids_file, filesystem=ids_fs).to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise fail(f"{ids_path} is unreadable: {err}") from None
+        if len(ids) != n_items or len(ids) != row["n_items"]:
+            raise fail(f"{len(ids)} ids, {n_items} index items, manifest says {row['n_items']}")
+        return cls(
+            shard_id=row["shard_id"],
+            category=row["category"],
+            model_id=row["model_id"],
+            kind=kind,
+            index=index,
+            vectors=vectors,
+            sku_ids=ids["sku_id"].to_numpy(),
+            is_active=ids["is_active"].to_numpy(),
+        )
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.unload()
+
+    def __len__(self) -> int:
+        return len(self.sku_ids)
+
+    def item_vectors(self, item_ids: np.ndarray | None = None) -> np.ndarray:
+        """Stored (unit) vectors of some items, or of all, as a float32 array."""
+        if self.vectors is not None:
+            chosen = self.vectors if item_ids is None else self.vectors[item_ids]
+            return np.asarray(chosen, dtype=np.float32)
+        ids = range(len(self)) if item_ids is None else item_ids
+        return np.array([self.index.get_item_vector(int(i)) for i in ids], dtype=np.float32)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        search_k: int,
+        active_only: bool = False,
+        exclude: np.ndarray | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query vector, up to k (item ids, cosines) best first, ties by item id
+        (= sku_id order); ``exclude[i]`` is an item id query i must not get (itself), -1 none;
+        ``active_only`` leaves out inactive items and still returns k when there are k."""
+        exclude = np.full(len(queries), -1) if exclude is None else exclude
+        if self.kind == EXACT:
+            return top_k(
+                self.item_vectors(), queries, k,
+                allowed=self.is_active if active_only else None, exclude=exclude,
+            )  # fmt: skip
+        return [
+            self._annoy_search(vector, k, search_k, active_only, int(excluded))
+            for vector, excluded in zip(queries, exclude, strict=True)
+        ]
+
+    def exact_search(
+        self, queries: np.ndarray, k: int, *, exclude: np.ndarray, block: int = 50_000
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The exact answer of ``search(..., active_only=True)`` whatever the kind, reading the
+        stored vectors ``block`` items at a time (memory stays one block, not the shard)."""
+        if len(self) == 0:
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        parts = []
+        for start in range(0, len(self), block):
+            ids = np.arange(start, min(len(self), start + block))
+            inside = (exclude >= start) & (exclude < start + len(ids))
+            answers = top_k(
+                self.item_vectors(ids), queries, k,
+                allowed=self.is_active[ids], exclude=np.where(inside, exclude - start, -1),
+            )  # fmt: skip
+            parts.append([(found + start, scores) for found, scores in answers])
+        return merge_answers(parts, k)
+
+    def _search_k(self, search_k: int, k: int) -> int:
+        """The configured nodes per query, but never fewer than Annoy's own default for k
+        (n_trees * k): asking for more neighbors (own duplicates, inactive SKUs) must not
+        lower the recall."""
+        return search_k if search_k < 0 else max(search_k, self.index.get_n_trees() * k)
+
+    def _annoy_search(
+        self, vector: np.ndarray, k: int, search_k: int, active_only: bool, excluded: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_items = len(self)
+        asked = min(n_items, 2 * (k + 1))
+        while True:
+            ids, distances = self.index.get_nns_by_vector(
+                vector, asked, search_k=self._search_k(search_k, asked), include_distances=True
+            )
+            ids = np.asarray(ids, dtype=np.int64)
+            keep = ids != excluded
+            if active_only:
+                keep &= self.is_active[ids]
+            # Items filtered after the search: ask for more until k remain.
+            if keep.sum() >= k or asked >= n_items:
+                break
+            asked = min(n_items, 2 * asked)
+        scores = np.clip(cosine_from_angular(np.asarray(distances)), -1.0, 1.0)
+        ids, scores = ids[keep], scores[keep].astype(np.float32)
+        # Ties broken on the published (float32) score, so equal scores read in sku_id order.
+        order = np.lexsort((ids, -scores))[:k]
+        return ids[order], scores[order]
+
+
+# --- measured recall -------------------------------------------------------------------------
+
+
+def sample_items(shard: Shard, n: int, seed: int) -> np.ndarray:
+    """A deterministic sample of n active item ids of a shard (by its id and the seed)."""
+    active = np.flatnonzero(shard.is_active)
+    digest = hashlib.sha256(f"{shard.shard_id}:{seed}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.sort(rng.choice(active, size=min(n, len(active)), replace=False))
+
+
+def recall_of_shard(shard: Shard, *, k: int, search_k: int, queries: int, seed: int) -> dict:
+    """recall@k of the shard's search (active items, self excluded) against exact answers,
+    for a sample of its active items; exact shards are exact by construction (queries 0)."""
+    row = {"shard_id": shard.shard_id, "category": shard.category, "kind": shard.kind}
+    if shard.kind == EXACT:
+        return {**row, "queries": 0, "hits": 0, "wanted": 0}
+    sample = sample_items(shard, queries, seed)
+    vectors = shard.item_vectors(sample)
+    found = shard.search(vectors, k, search_k=search_k, active_only=True, exclude=sample)
+    exact = shard.exact_search(vectors, k, exclude=sample)
+    hits = sum(len(np.intersect1d(f, e)) for (f, _), (e, _) in zip(found, exact, strict=True))
+    wanted = sum(len(e) for e, _ in exact)
+    return {**row, "queries": len(sample), "hits": int(hits), "wanted": int(wanted)}

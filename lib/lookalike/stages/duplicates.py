@@ -1,0 +1,422 @@
+"""Duplicates: clusters of listings that show the same product photo.
+
+Evidence, each found without comparing all pairs:
+- ``content_hash``: byte-identical image files (grouped by hash, across categories);
+- ``phash``: perceptual hashes at most ``phash_max_distance`` bits apart, the photo's or its
+  mirror image's (candidates from a join on 16-bit bands of the hash, across categories),
+  confirmed by a descriptor similarity of at least ``phash_min_similarity``;
+- ``embedding``: among each SKU's nearest neighbors in its category's index with a cosine
+  of at least ``candidate_min_similarity``, those whose duplicate descriptors reach
+  ``min_similarity`` (re-encoded, resized, cropped, padded, watermarked copies);
+- ``aligned``: those candidates whose descriptors fall short of ``min_similarity`` but reach
+  ``aligned_min_similarity``, when the pair's grey thumbnails line up
+  (``lookalike.core.thumbnails``: a crop of the original found by searching window sizes and
+  positions).
+
+The *duplicate descriptor* is the R-MAC vector stored beside each embedding (regional max
+pooling of the same forward pass, ``lookalike.core.rmac.rmac``): cropped and padded copies
+stay closer to their original in it than in the average-pooled vector that similar items use,
+while other photos of the same product type do not (``benchmarks/duplicates_quality.py``:
+recall 0.845 -> 0.922, precision 1.000 -> 0.994). Embeddings without it (synthetic ones) use the
+vector itself.
+Merchandisers' decisions in ``duplicate_reviews`` come last: a pair marked ``not_duplicate``
+is dropped, a ``confirmed`` pair is kept whatever the evidence says tonight.
+
+*Shared photos* come first: one image (the same bytes, or the same pixels re-encoded) shown
+by at least ``shared_photo_min_listings`` listings that differ (more than one category, or
+distinct titles for at least ``shared_photo_min_title_share`` of them) is a placeholder, a
+logo or a blank, not a product photographed once: those listings have no photo of their own.
+They are written apart (``shared_photos``) and take no part in any pair, so they neither form
+a cluster nor pull other listings into one.
+
+Accepted pairs are joined into clusters by connected components, computed with Spark joins,
+with a guard against chaining: every member must be close to its cluster's canonical listing
+(same bytes, cosine at least ``chain_min_similarity``, or a ``confirmed`` review) and not
+marked ``not_duplicate`` with it; members that are not are detached and clustered again
+among themselves. The canonical listing: active first,
+then the oldest (``updated_at``), then the one with a title, then the smallest sku_id.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.window import Window
+
+from lookalike import tables
+from lookalike.stages.common import read, write
+from lookalike.stages.duplicate_pairs import (
+    confirmed_by_descriptor,
+    content_hash_pairs,
+    descriptor_column,
+    descriptor_similarity,
+    embedding_pairs,
+    hamming,
+    merge_pairs,
+    phash_pairs,
+)
+from lookalike.stages.shared_photos import shared_photos, without_shared_photos
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import RunContext
+
+
+def connected_components(pairs_df: DataFrame, max_iterations: int = 100) -> DataFrame:
+    """(sku_id, component): component is the smallest sku_id reachable through the pairs.
+
+    Min-label propagation with DataFrame joins: each round, a node takes the smallest label
+    among itself and its neighbors. Rounds grow with a cluster's diameter, which is small
+    for duplicate listings; the lineage is cut every round.
+    """
+    edges_df = (
+        pairs_df.select(F.col("sku_id_a").alias("src"), F.col("sku_id_b").alias("dst"))
+        .unionByName(
+            pairs_df.select(F.col("sku_id_b").alias("src"), F.col("sku_id_a").alias("dst"))
+        )
+        .distinct()
+        .localCheckpoint()
+    )
+    labels_df = (
+        edges_df.groupBy("src")
+        .agg(F.least(F.min("dst"), F.first("src")).alias("label"))
+        .withColumnRenamed("src", "sku_id")
+        .localCheckpoint()
+    )
+    for _ in range(max_iterations):
+        proposed_df = (
+            edges_df.join(labels_df, edges_df.dst == labels_df.sku_id)
+            .groupBy("src")
+            .agg(F.min("label").alias("proposed"))
+        )
+        updated_df = (
+            labels_df.join(proposed_df, labels_df.sku_id == proposed_df.src, "left")
+            .select(
+                "sku_id",
+                F.least("label", F.coalesce("proposed", "label")).alias("label"),
+                (F.coalesce("proposed", "label") < F.col("label")).alias("changed"),
+            )
+            .localCheckpoint()
+        )
+        labels_df = updated_df.select("sku_id", "label")
+        if updated_df.filter("changed").isEmpty():
+            return labels_df.withColumnRenamed("label", "component")
+    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
+
+
+def cluster_id_of(component: F.Column) -> F.Column:
+    """A stable id: a hash of the cluster's smallest sku_id."""
+    return F.concat(F.lit("dup-"), F.substring(F.sha1(component), 1, 12))
+
+
+# --- merchandisers' decisions ----------------------------------------------------------------
+
+REVIEWS_SCHEMA = from_arrow_schema(tables.REVIEWS_SCHEMA)
+NOT_DUPLICATE = "not_duplicate"
+CONFIRMED = "confirmed"
+DECISIONS = (NOT_DUPLICATE, CONFIRMED)
+
+
+def latest_decisions(reviews_df: DataFrame) -> DataFrame:
+    """(sku_id_a < sku_id_b, decision): each pair's latest review, whichever way it was typed."""
+    latest_first = Window.partitionBy("sku_id_a", "sku_id_b").orderBy(F.col("decided_at").desc())
+    return (
+        reviews_df.filter(F.col("decision").isin(*DECISIONS))
+        .select(
+            F.least("sku_id_a", "sku_id_b").alias("sku_id_a"),
+            F.greatest("sku_id_a", "sku_id_b").alias("sku_id_b"),
+            "decision",
+            "decided_at",
+        )
+        .withColumn("n", F.row_number().over(latest_first))
+        .filter("n = 1")
+        .select("sku_id_a", "sku_id_b", "decision")
+    )
+
+
+def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
+    """Accepted pairs: the evidence's, minus pairs marked not_duplicate, plus confirmed ones."""
+    rejected = decisions_df.filter(F.col("decision") == NOT_DUPLICATE).select(
+        "sku_id_a", "sku_id_b"
+    )
+    confirmed = decisions_df.filter(F.col("decision") == CONFIRMED).select(
+        "sku_id_a",
+        "sku_id_b",
+        F.lit(1.0).cast("float").alias("score"),
+        F.lit("review").alias("evidence"),
+    )
+    kept = pairs_df.join(rejected, ["sku_id_a", "sku_id_b"], "left_anti")
+    return merge_pairs(kept, confirmed)
+
+
+def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFrame:
+    """Components with each one's canonical listing (the documented rule) and category."""
+    canonical_first = Window.partitionBy("component").orderBy(
+        F.col("is_active").desc(),
+        F.col("updated_at").asc_nulls_last(),
+        F.col("has_title").desc(),
+        F.col("sku_id").asc(),
+    )
+    listings = catalog_df.select(
+        "sku_id",
+        "category",
+        "is_active",
+        "updated_at",
+        (F.coalesce(F.length(F.trim("title")), F.lit(0)) > 0).alias("has_title"),
+    )
+    return (
+        components_df.join(listings, "sku_id")
+        .withColumn("canonical_sku_id", F.first("sku_id").over(canonical_first))
+        .select("sku_id", "component", "canonical_sku_id", "category")
+    )
+
+
+def _closeness_to_canonical(
+    members_df: DataFrame, embeddings_df: DataFrame, decisions_df: DataFrame
+) -> DataFrame:
+    """Members with how close each is to its canonical listing: same bytes, cosine, pHash
+    distance (direct or mirrored), and any review of the (member, canonical) pair."""
+    features = embeddings_df.select(
+        "sku_id",
+        "content_hash",
+        F.col(descriptor_column(embeddings_df)).alias("descriptor"),
+        "phash",
+        "phash_mirrored",
+    ).join(F.broadcast(members_df.select("sku_id")), "sku_id")
+    canonical = features.select([F.col(c).alias(f"c_{c}") for c in features.columns])
+    pair_a = F.least("sku_id", "canonical_sku_id")
+    pair_b = F.greatest("sku_id", "canonical_sku_id")
+    reviews = decisions_df.select(
+        F.col("sku_id_a").alias("r_a"), F.col("sku_id_b").alias("r_b"), "decision"
+    )
+    return (
+        members_df.join(features, "sku_id", "left")
+        .join(canonical, F.col("canonical_sku_id") == F.col("c_sku_id"), "left")
+        .join(reviews, (pair_a == F.col("r_a")) & (pair_b == F.col("r_b")), "left")
+        .select(
+            "sku_id",
+            "component",
+            "canonical_sku_id",
+            "category",
+            (F.col("content_hash") == F.col("c_content_hash")).alias("same_bytes"),
+            descriptor_similarity(F.col("descriptor"), F.col("c_descriptor")).alias("cosine"),
+            F.least(
+                hamming(F.col("phash"), F.col("c_phash")),
+                hamming(F.col("phash"), F.col("c_phash_mirrored")),
+            ).alias("phash_distance"),
+            F.col("decision"),
+        )
+    )
+
+
+def duplicate_clusters(
+    pairs_df: DataFrame,
+    catalog_df: DataFrame,
+    embeddings_df: DataFrame,
+    *,
+    run_id: str,
+    chain_min_similarity: float,
+    decisions_df: DataFrame | None = None,
+    max_rounds: int = 5,
+) -> DataFrame:
+    """duplicate_clusters rows: one per listing in a cluster, with its canonical listing.
+
+    ``pairs_df`` are the accepted pairs (after ``apply_decisions``). Each round clusters the
+    remaining pairs, keeps the members close to their canonical listing, and sends the
+    others (with the pairs among them) to the next round: a chain A~B~C with A far from C
+    never puts A and C in one cluster.
+    """
+    spark = pairs_df.sparkSession
+    if decisions_df is None:
+        decisions_df = spark.createDataFrame(
+            [], "sku_id_a string, sku_id_b string, decision string"
+        )
+    remaining_df = pairs_df
+    kept_parts: list[DataFrame] = []
+    for _ in range(max_rounds):
+        components_df = connected_components(remaining_df)
+        if components_df.isEmpty():
+            break
+        members_df = _closeness_to_canonical(
+            _with_canonical(components_df, catalog_df), embeddings_df, decisions_df
+        )
+        close = (F.col("sku_id") == F.col("canonical_sku_id")) | (
+            F.coalesce(F.col("decision"), F.lit("")) != NOT_DUPLICATE
+        ) & (
+            F.coalesce(F.col("decision") == CONFIRMED, F.lit(False))
+            | F.coalesce(F.col("same_bytes"), F.lit(False))
+            | (F.coalesce(F.col("cosine"), F.lit(-1.0)) >= chain_min_similarity)
+        )
+        # NULL (no review, no vector) must read as "not close", never drop the member.
+        members_df = members_df.withColumn(
+            "close", F.coalesce(close, F.lit(False))
+        ).localCheckpoint()
+        # A canonical listing left alone is no cluster.
+        kept_df = members_df.filter("close").withColumn(
+            "size", F.count(F.lit(1)).over(Window.partitionBy("component"))
+        )
+        kept_parts.append(kept_df.filter(F.col("size") > 1).drop("size", "close", "decision"))
+        detached_df = members_df.filter(~F.col("close")).select("sku_id")
+        remaining_df = remaining_df.join(
+            detached_df.withColumnRenamed("sku_id", "sku_id_a"), "sku_id_a", "left_semi"
+        ).join(detached_df.withColumnRenamed("sku_id", "sku_id_b"), "sku_id_b", "left_semi")
+        remaining_df = remaining_df.localCheckpoint()
+        if remaining_df.isEmpty():
+            break
+    if not kept_parts:
+        return spark.createDataFrame([], CLUSTERS_SCHEMA)
+    members_df = kept_parts[0]
+    for part in kept_parts[1:]:
+        members_df = members_df.unionByName(part)
+    members_df = members_df.withColumn(
+        "score",
+        F.when(F.col("sku_id") == F.col("canonical_sku_id"), F.lit(1.0))
+        .when(F.col("same_bytes"), F.lit(1.0))
+        .otherwise(F.col("cosine")),
+    )
+    # The evidence of a cluster: the kinds of the accepted pairs inside it.
+    in_cluster = members_df.select(F.col("sku_id").alias("m_sku"), F.col("component").alias("m_c"))
+    evidence_df = (
+        pairs_df.join(in_cluster, pairs_df.sku_id_a == in_cluster.m_sku)
+        .join(
+            in_cluster.select(F.col("m_sku").alias("m_sku_b"), F.col("m_c").alias("m_c_b")),
+            (F.col("sku_id_b") == F.col("m_sku_b")) & (F.col("m_c") == F.col("m_c_b")),
+        )
+        .groupBy(F.col("m_c").alias("component"))
+        .agg(
+            F.array_join(
+                F.array_sort(F.array_distinct(F.flatten(F.collect_list(F.split("evidence", ","))))),
+                ",",
+            ).alias("evidence")
+        )
+    )
+    confidence = Window.partitionBy("component")
+    return (
+        members_df.join(evidence_df, "component", "left")
+        .withColumn(
+            "min_score",
+            F.min(F.when(F.col("sku_id") != F.col("canonical_sku_id"), F.col("score"))).over(
+                confidence
+            ),
+        )
+        .select(
+            cluster_id_of(F.col("component")).alias("cluster_id"),
+            "sku_id",
+            "canonical_sku_id",
+            (F.col("sku_id") == F.col("canonical_sku_id")).alias("is_canonical"),
+            "category",
+            F.coalesce("evidence", F.lit("")).alias("evidence"),
+            F.col("score").cast("float").alias("score"),
+            F.col("phash_distance").cast("int").alias("phash_distance"),
+            F.col("min_score").cast("float").alias("min_score"),
+            F.lit(run_id).alias("run_id"),
+        )
+    )
+
+
+CLUSTERS_SCHEMA = T.StructType(
+    [
+        T.StructField("cluster_id", T.StringType()),
+        T.StructField("sku_id", T.StringType()),
+        T.StructField("canonical_sku_id", T.StringType()),
+        T.StructField("is_canonical", T.BooleanType()),
+        T.StructField("category", T.StringType()),
+        T.StructField("evidence", T.StringType()),
+        T.StructField("score", T.FloatType()),
+        T.StructField("phash_distance", T.IntegerType()),
+        T.StructField("min_score", T.FloatType()),
+        T.StructField("run_id", T.StringType()),
+    ]
+)
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _reviews(spark: SparkSession, ctx: RunContext) -> DataFrame:
+    """The merchandisers' ``duplicate_reviews`` table (read only: the job never writes it)."""
+    reviews_df = tables.read_with_spark(spark, ctx.layout.table("duplicate_reviews"))
+    return reviews_df if reviews_df is not None else spark.createDataFrame([], REVIEWS_SCHEMA)
+
+
+def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
+    embeddings_df = read(spark, ctx.layout.embeddings, "duplicates")
+    manifest_df = read(spark, ctx.layout.index_manifest, "duplicates")
+    catalog_df = read(spark, ctx.layout.catalog, "duplicates")
+    settings = ctx.config.duplicates
+    decisions_df = latest_decisions(_reviews(spark, ctx)).localCheckpoint()
+    # Placeholders first: their listings are no evidence of anything, for any kind of pair.
+    n_shared = write(
+        shared_photos(
+            embeddings_df,
+            catalog_df,
+            run_id=ctx.run_id,
+            min_listings=settings.shared_photo_min_listings,
+            min_title_share=settings.shared_photo_min_title_share,
+            min_similarity=settings.shared_photo_min_similarity,
+            max_distance=settings.phash_max_distance,
+            max_bucket=settings.phash_max_bucket,
+        ),
+        ctx.layout.shared_photos,
+    )
+    shared_df = read(spark, ctx.layout.shared_photos, "duplicates")
+    own_photo_df = without_shared_photos(embeddings_df, shared_df)
+    evidence_df = merge_pairs(
+        content_hash_pairs(own_photo_df),
+        phash_pairs(
+            own_photo_df,
+            max_distance=settings.phash_max_distance,
+            max_bucket=settings.phash_max_bucket,
+            min_similarity=settings.phash_min_similarity,
+        ),
+        confirmed_by_descriptor(
+            # The index holds every listing: its answers lose the placeholders here, before
+            # their descriptors are joined.
+            without_shared_photos(
+                embedding_pairs(
+                    manifest_df,
+                    min_similarity=settings.candidate_min_similarity,
+                    candidates=settings.candidates_per_sku,
+                    search_k=settings.search_k,
+                ),
+                shared_df,
+            ),
+            own_photo_df,
+            min_similarity=settings.min_similarity,
+            aligned_min_similarity=settings.aligned_min_similarity,
+            aligned_min_correlation=settings.aligned_min_correlation,
+        ),
+    )
+    # A confirmed review still counts: a merchandiser's word beats tonight's evidence.
+    pairs_df = apply_decisions(evidence_df, decisions_df)
+    n_pairs = write(pairs_df, ctx.layout.duplicate_pairs)
+    pairs_df = read(spark, ctx.layout.duplicate_pairs, "duplicates")
+    clusters_df = duplicate_clusters(
+        pairs_df,
+        catalog_df,
+        embeddings_df,
+        run_id=ctx.run_id,
+        chain_min_similarity=settings.chain_min_similarity,
+        decisions_df=decisions_df,
+    )
+    n_members = write(clusters_df, ctx.layout.duplicate_clusters)
+    written_df = read(spark, ctx.layout.duplicate_clusters, "duplicates")
+    by_evidence = {
+        f"pairs_{row.evidence.replace(',', '+')}": row["count"]
+        for row in read(spark, ctx.layout.duplicate_pairs, "duplicates")
+        .groupBy("evidence")
+        .count()
+        .collect()
+    }
+    return {
+        "pairs": n_pairs,
+        **dict(sorted(by_evidence.items())),
+        "reviews_applied": decisions_df.count(),
+        "clusters": written_df.select("cluster_id").distinct().count(),
+        "listings_in_clusters": n_members,
+        "shared_photo_groups": shared_df.select("group_id").distinct().count(),
+        "listings_without_own_photo": n_shared,
+    }
