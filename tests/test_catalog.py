@@ -87,13 +87,10 @@ def test_every_bad_row_is_rejected_with_its_reason(spark):
         ],
     )
     catalog_df, rejects_df = validate_catalog(raw_df, run_id="r1", base_dir="/cat", image_roots=[])
-    got = sorted(
-        (r.sku_id or "", r.reason) for r in rejects_df.select("sku_id", "reason").collect()
-    )
-    assert got == sorted(
+    expected_df = spark.createDataFrame(
         [
-            ("", "missing_sku_id"),
-            ("", "missing_sku_id"),
+            (None, "missing_sku_id"),
+            (None, "missing_sku_id"),
             ("D", "duplicate_sku_id"),
             ("D", "duplicate_sku_id"),
             ("C", "missing_category"),
@@ -106,7 +103,14 @@ def test_every_bad_row_is_rejected_with_its_reason(spark):
             ("I", "invalid_is_active"),
             ("J", "invalid_is_active"),
             ("T", "invalid_updated_at"),
-        ]
+        ],
+        "sku_id string, reason string",
+    )
+    assert_df_equality(
+        rejects_df.select("sku_id", "reason"),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
     )
     assert [r.sku_id for r in catalog_df.collect()] == ["OK"]
     # Nothing silently dropped: every input row is in exactly one output.
@@ -134,7 +138,10 @@ def test_image_roots_are_configurable(spark):
         raw_df, run_id="r1", base_dir="/cat", image_roots=["/photos", "s3://bucket/img"]
     )
     assert sorted(r.sku_id for r in catalog_df.collect()) == ["A", "S"]
-    assert [(r.sku_id, r.reason) for r in rejects_df.collect()] == [("B", "image_outside_roots")]
+    expected_df = spark.createDataFrame(
+        [("B", "image_outside_roots")], "sku_id string, reason string"
+    )
+    assert_df_equality(rejects_df.select("sku_id", "reason"), expected_df, ignore_nullable=True)
 
 
 def test_csv_with_quoted_multiline_titles(spark, tmp_path):
@@ -220,7 +227,10 @@ def test_control_characters_in_ids_and_categories_are_rejected(spark):
     assert any(record.startswith('{"sku_id":"A\\u0000"') for record in rejects)
     for r in rejects.values():
         assert not re.search(r"[\x00-\x1f\x7f]", r.detail)
-    assert [(r.sku_id, r.category) for r in catalog_df.collect()] == [("G 1", "mugs\u00a0& cups")]
+    expected_df = spark.createDataFrame(
+        [("G 1", "mugs\u00a0& cups")], "sku_id string, category string"
+    )
+    assert_df_equality(catalog_df.select("sku_id", "category"), expected_df, ignore_nullable=True)
 
 
 def test_ids_are_trimmed_before_every_check_duplicates_included(spark):
@@ -233,13 +243,19 @@ def test_ids_are_trimmed_before_every_check_duplicates_included(spark):
         ],
     )
     catalog_df, rejects_df = validate_catalog(raw_df, run_id="r1", base_dir="/cat", image_roots=[])
-    assert sorted((r.sku_id, r.reason) for r in rejects_df.collect()) == [
-        ("A1", "duplicate_sku_id"),
-        ("A1", "duplicate_sku_id"),
-    ]
+    expected_df = spark.createDataFrame(
+        [("A1", "duplicate_sku_id"), ("A1", "duplicate_sku_id")], "sku_id string, reason string"
+    )
+    assert_df_equality(
+        rejects_df.select("sku_id", "reason"),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
     # The reject keeps the id as sent in its record.
     assert {json.loads(r.record)["sku_id"] for r in rejects_df.collect()} == {" A1", "A1"}
-    assert [(r.sku_id, r.category) for r in catalog_df.collect()] == [("B1", "cups")]
+    expected_df = spark.createDataFrame([("B1", "cups")], "sku_id string, category string")
+    assert_df_equality(catalog_df.select("sku_id", "category"), expected_df, ignore_nullable=True)
 
 
 def test_overlong_sku_ids_are_rejected(spark):
@@ -280,9 +296,17 @@ def test_titles_are_kept_as_sent_except_nul(spark):
     )
     catalog_df, rejects_df = validate_catalog(raw_df, run_id="r1", base_dir="/cat", image_roots=[])
     assert rejects_df.count() == 0
-    titles = {r.sku_id: r.title for r in catalog_df.collect()}
     # NUL removed (downstream stores refuse it); tabs, line breaks, other characters kept.
-    assert titles == {"A": "ab\tc\r\nd\x01", "B": long_title, "C": None, "D": "  =padded  "}
+    expected_df = spark.createDataFrame(
+        [("A", "ab\tc\r\nd\x01"), ("B", long_title), ("C", None), ("D", "  =padded  ")],
+        "sku_id string, title string",
+    )
+    assert_df_equality(
+        catalog_df.select("sku_id", "title"),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
 
 
 def test_csv_with_bom_crlf_and_a_100kb_quoted_multiline_title(spark, tmp_path):

@@ -6,7 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 from PIL import Image
 
 from lookalike.core.perceptual import band_keys
@@ -106,9 +106,13 @@ def test_content_hash_pairs_link_every_copy_to_the_first(spark):
         [("s1", "h1"), ("s3", "h1"), ("s2", "h1"), ("s4", "h2"), ("s5", None), ("s6", None)],
         "sku_id string, content_hash string",
     )
-    got = sorted(tuple(r) for r in content_hash_pairs(embeddings_df).collect())
     # s5 and s6 have no hash (not embedded): no hash is not the same hash.
-    assert got == [("s1", "s2", 1.0, "content_hash"), ("s1", "s3", 1.0, "content_hash")]
+    expected_df = spark.createDataFrame(
+        [("s1", "s2", 1.0, "content_hash"), ("s1", "s3", 1.0, "content_hash")], PAIRS
+    )
+    assert_df_equality(
+        content_hash_pairs(embeddings_df), expected_df, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_merge_pairs_keeps_all_evidence_and_the_best_score(spark):
@@ -116,11 +120,12 @@ def test_merge_pairs_keeps_all_evidence_and_the_best_score(spark):
     b_df = spark.createDataFrame(
         [("s1", "s2", 0.99, "embedding"), ("s3", "s4", 0.96, "embedding")], PAIRS
     )
-    got = sorted(tuple(r) for r in merge_pairs(a_df, b_df).collect())
-    assert got == [
-        ("s1", "s2", 1.0, "content_hash,embedding"),
-        ("s3", "s4", pytest.approx(0.96), "embedding"),
-    ]
+    expected_df = spark.createDataFrame(
+        [("s1", "s2", 1.0, "content_hash,embedding"), ("s3", "s4", 0.96, "embedding")], PAIRS
+    )
+    assert_df_equality(
+        merge_pairs(a_df, b_df), expected_df, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_canonical_listing_is_active_then_oldest_then_titled_then_smallest_id(spark):
@@ -231,11 +236,21 @@ def test_phash_pairs_find_close_hashes_mirrored_too_and_need_a_similar_vector(sp
         ("lookalike", "h4", _unit(0, 1), signed(flip(base, 3, 50)), 0),
         ("far", "h5", v, signed(flip(base, *range(0, 64, 3))), 0),
     ]
-    pairs = phash_pairs(
+    pairs_df = phash_pairs(
         _embeddings(spark, rows), max_distance=6, max_bucket=100, min_similarity=0.9
-    ).collect()
+    )
+    pairs = pairs_df.collect()
     found = {(r.sku_id_a, r.sku_id_b): r for r in pairs}
-    assert set(found) == {("copy", "orig"), ("mirror", "orig"), ("copy", "mirror")}
+    expected_df = spark.createDataFrame(
+        [("copy", "orig", "phash"), ("mirror", "orig", "phash"), ("copy", "mirror", "phash")],
+        "sku_id_a string, sku_id_b string, evidence string",
+    )
+    assert_df_equality(
+        pairs_df.select("sku_id_a", "sku_id_b", "evidence"),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
     assert all(r.evidence == "phash" for r in pairs)
     assert found[("copy", "orig")].score == pytest.approx(_cos(rows[0][2], rows[1][2]), abs=1e-5)
 
@@ -264,8 +279,15 @@ def test_reviews_drop_not_duplicate_pairs_and_keep_confirmed_ones(spark):
         "sku_id_a string, sku_id_b string, decision string, reviewer string, decided_at timestamp",
     )
     decisions_df = latest_decisions(reviews_df)
-    got = sorted(tuple(r) for r in apply_decisions(pairs_df, decisions_df).collect())
-    assert got == [("c", "d", pytest.approx(0.96), "embedding"), ("e", "f", 1.0, "review")]
+    expected_df = spark.createDataFrame(
+        [("c", "d", 0.96, "embedding"), ("e", "f", 1.0, "review")], PAIRS
+    )
+    assert_df_equality(
+        apply_decisions(pairs_df, decisions_df),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
 
 
 def test_similar_items_leave_out_the_skus_own_duplicates(spark):
@@ -283,12 +305,24 @@ def test_similar_items_leave_out_the_skus_own_duplicates(spark):
     clusters_df = spark.createDataFrame(
         [("dup-1", "a"), ("dup-1", "a-copy")], "cluster_id string, sku_id string"
     )
-    got = sorted(
-        (r.sku_id, r.rank, r.similar_sku_id)
-        for r in without_own_duplicates(similar_df, clusters_df, k=2).collect()
+    # a's copy is gone and the ranks close up; b keeps both (a and a-copy are not its own);
+    # every row is the listing's own category's.
+    expected_df = spark.createDataFrame(
+        [
+            ("a", 1, "b", 0.9, "mugs", "m", "r", "category"),
+            ("a", 2, "c", 0.8, "mugs", "m", "r", "category"),
+            ("b", 1, "a", 0.9, "mugs", "m", "r", "category"),
+            ("b", 2, "a-copy", 0.89, "mugs", "m", "r", "category"),
+        ],
+        "sku_id string, rank int, similar_sku_id string, score float, category string, "
+        "model_id string, run_id string, source string",
     )
-    # a's copy is gone and the ranks close up; b keeps both (a and a-copy are not its own).
-    assert got == [("a", 1, "b"), ("a", 2, "c"), ("b", 1, "a"), ("b", 2, "a-copy")]
+    assert_df_equality(
+        without_own_duplicates(similar_df, clusters_df, k=2),
+        expected_df,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
 
 
 def test_neighbor_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
@@ -308,14 +342,21 @@ def test_neighbor_candidates_are_confirmed_on_the_duplicate_descriptor(spark):
         [("a", "b", 0.99, "embedding"), ("a", "c", 0.99, "embedding")], PAIRS
     )
     confirmed = confirmed_by_descriptor(candidates_df, embeddings_df, min_similarity=0.94)
-    got = {(r.sku_id_a, r.sku_id_b): (r.score, r.evidence) for r in confirmed.collect()}
-    assert set(got) == {("a", "b")}
-    assert got[("a", "b")][0] == pytest.approx(_cos(rows[0][2], rows[1][2]), abs=1e-6)
-    assert got[("a", "b")][1] == "embedding"
+    expected_df = spark.createDataFrame(
+        [("a", "b", _cos(rows[0][2], rows[1][2]), "embedding")], PAIRS
+    )
+    assert_approx_df_equality(confirmed, expected_df, 1e-6, ignore_nullable=True)
     # Embeddings without descriptors (synthetic ones) are compared on the vector itself.
     plain_df = embeddings_df.drop("rmac")
-    plain = confirmed_by_descriptor(candidates_df, plain_df, min_similarity=0.94).collect()
-    assert {(r.sku_id_a, r.sku_id_b) for r in plain} == {("a", "b"), ("a", "c")}
+    plain = confirmed_by_descriptor(candidates_df, plain_df, min_similarity=0.94)
+    expected_df = spark.createDataFrame(
+        [
+            ("a", "b", _cos(rows[0][1], rows[1][1]), "embedding"),
+            ("a", "c", _cos(rows[0][1], rows[2][1]), "embedding"),
+        ],
+        PAIRS,
+    )
+    assert_approx_df_equality(plain, expected_df, 1e-6, ignore_row_order=True, ignore_nullable=True)
 
 
 def _texture(seed: int) -> Image.Image:
@@ -354,16 +395,25 @@ def test_pairs_of_the_grey_band_are_duplicates_when_their_thumbnails_line_up(spa
         aligned_min_similarity=0.9,
         aligned_min_correlation=0.8,
     )
-    got = {(r.sku_id_a, r.sku_id_b): (r.score, r.evidence) for r in confirmed.collect()}
-    assert set(got) == {("a", "b"), ("a", "e")}
-    assert got[("a", "b")] == (pytest.approx(_cos(rows[0][1], rows[1][1]), abs=1e-6), "aligned")
-    assert got[("a", "e")][1] == "embedding"
+    expected_df = spark.createDataFrame(
+        [
+            ("a", "b", _cos(rows[0][1], rows[1][1]), "aligned"),
+            ("a", "e", _cos(rows[0][1], rows[4][1]), "embedding"),
+        ],
+        PAIRS,
+    )
+    assert_approx_df_equality(
+        confirmed, expected_df, 1e-6, ignore_row_order=True, ignore_nullable=True
+    )
     # Without the band (or without thumbnails) the descriptor alone decides.
     for df, band in [(embeddings_df, None), (embeddings_df.drop("thumbnail"), 0.9)]:
         alone = confirmed_by_descriptor(
             candidates_df, df, min_similarity=0.95, aligned_min_similarity=band
         )
-        assert {(r.sku_id_a, r.sku_id_b) for r in alone.collect()} == {("a", "e")}
+        expected_df = spark.createDataFrame(
+            [("a", "e", _cos(rows[0][1], rows[4][1]), "embedding")], PAIRS
+        )
+        assert_approx_df_equality(alone, expected_df, 1e-6, ignore_nullable=True)
     with pytest.raises(ValueError, match="must be below min_similarity"):
         confirmed_by_descriptor(
             candidates_df, embeddings_df, min_similarity=0.95, aligned_min_similarity=0.95

@@ -1,7 +1,7 @@
 """The duplicate report in a real headless Chromium: it loads cleanly and shows the clusters.
 
 The page is written by the report module from real images; Chromium (the system's, driven
-over the DevTools protocol) loads it, and the test reads what a merchandiser would see.
+by Playwright) loads it, and the test reads what a merchandiser would see.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from browser import CHROMIUM, file_url, open_page
+from browser import file_url, needs_browser, open_page
 from lookalike.stages.report_page import write_duplicate_report
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_browser]
 
 HOSTILE = '<script>alert(1)</script><img src=x onerror="console.error(1)">'
 
@@ -111,11 +106,14 @@ def test_report_loads_without_console_errors_and_shows_the_clusters(tmp_path):
 
 
 def test_the_console_check_catches_a_broken_page(tmp_path):
-    # The assertion above must be able to fail: a page with a missing image and a script error.
+    # The assertion above must be able to fail: a page with a missing image, a console error
+    # and an uncaught exception.
     broken = tmp_path / "broken.html"
     broken.write_text(
-        '<html><body><img src="missing.png"><script>console.error("boom")</script></body></html>'
+        '<html><body><img src="missing.png"><script>console.error("boom")</script>'
+        '<script>throw new Error("kaboom")</script></body></html>'
     )
     errors = open_page(file_url(broken)).errors
     assert any("boom" in e for e in errors)
+    assert any("kaboom" in e for e in errors)
     assert any("missing.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors)

@@ -15,7 +15,7 @@ from chispa import assert_column_equality
 from deltalake import DeltaTable
 from PIL import Image, ImageDraw
 
-from browser import CHROMIUM, file_url, open_page
+from browser import file_url, needs_browser, open_page
 from lookalike.config import Config
 from lookalike.layout import STAGES
 from lookalike.pipeline import RunContext, run_stage
@@ -365,7 +365,7 @@ def test_publish_replaces_the_shared_photos_table(night):
     assert results["publish"].counts["shared_photos"] == 30
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_browser
 def test_the_section_in_a_browser_shows_the_group_and_a_hostile_title_as_text(tmp_path):
     image = tmp_path / "no-photo.png"
     _placeholder().save(image)
