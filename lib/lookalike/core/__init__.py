@@ -2,6 +2,6 @@
 
 Images (reading from folders and object storage, decoding, rejects), perceptual hashes, the
 backbones and their duplicate descriptors, thumbnails, storage locations. Nothing here imports
-PySpark (``tests/test_core.py`` proves it): evaluation, fine-tuning and a GPU box use the core
+PySpark (``tests/core/test_core.py`` proves it): evaluation, fine-tuning and a GPU box use the core
 alone, and the Spark stages call it inside their UDFs.
 """

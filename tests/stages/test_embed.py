@@ -18,7 +18,7 @@ from lookalike.core.rmac import descriptor_similarity
 from lookalike.stages.duplicate_pairs import with_cosine
 from lookalike.stages.embed import EMBED_RESULT, split_embedding_results, with_embedding_results
 
-CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
+CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-small"
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from lookalike.pipeline import RunContext, run_nightly
 pytestmark = pytest.mark.slow
 
 K = 10
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLOTHING = REPO.parent / "shared" / "datasets" / "clothing-small"
 # category -> (listings, the clothing folder its photos come from, its category_path)
 CATEGORIES = {

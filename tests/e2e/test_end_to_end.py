@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 K = 3
 RUN_DATE = dt.date(2026, 11, 23)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -43,7 +43,7 @@ from lookalike.stages.neighbors import similar_items
 from lookalike.stages.report import MEMBER_COLUMNS
 from lookalike.stages.report_page import write_duplicate_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S3_BUCKET = os.environ.get("LOOKALIKE_TEST_S3", "")
 needs_s3 = pytest.mark.skipif(
     not S3_BUCKET,

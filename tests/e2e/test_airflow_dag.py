@@ -16,7 +16,7 @@ import pytest
 
 from lookalike.layout import STAGES as JOB_STAGES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAG_FOLDER = REPO / "airflow_dags"
 DAG_ID = "lookalike_nightly"
 # One task per stage of the job, each with its spark-submit entry point.
@@ -198,7 +198,7 @@ def test_environment_chooses_home_conf_and_connection(
 
 
 def test_retries_back_off_and_failures_log_the_runs_record(parsed: dict) -> None:
-    # Infrastructure failures retry; a failed gate does not (tests/test_airflow_run.py).
+    # Infrastructure failures retry; a failed gate does not (tests/e2e/test_airflow_run.py).
     for stage, task in _dag(parsed)["tasks"].items():
         assert task["retries"] == 3, stage
         assert task["retry_exponential_backoff"] is True, stage

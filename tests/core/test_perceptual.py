@@ -23,7 +23,7 @@ from lookalike.core.perceptual import (
     phash_with_mirrored,
 )
 
-CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
+CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-small"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 

@@ -27,7 +27,7 @@ from lookalike.demo import generate_demo_catalog
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_DATE = "2026-11-22"
 DAG_ID = "lookalike_nightly"
 # Every stage but publish: marked successful without running, so a run goes straight to the
