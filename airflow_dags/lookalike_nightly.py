@@ -73,7 +73,7 @@ GATED_STAGE = "publish"
 log = logging.getLogger(__name__)
 
 
-def run_record(run_date: str) -> tuple[dict | None, str]:
+def run_record(run_id: str) -> tuple[dict | None, str]:
     """The job's ``runs`` record of a run (None when there is none) and the text it printed.
 
     Runs the project's own ``lookalike`` (first on the worker's PATH, like spark-submit): the
@@ -83,7 +83,7 @@ def run_record(run_date: str) -> tuple[dict | None, str]:
     if command is None:
         return None, "no `lookalike` on PATH to show the run's record"
     shown = subprocess.run(
-        [command, "run-record", run_date, "--conf", str(LOOKALIKE_CONF)],
+        [command, "run-record", run_id, "--conf", str(LOOKALIKE_CONF)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -108,10 +108,10 @@ def failed_gates(record: dict | None) -> list[str]:
 
 def log_runs_record(context) -> None:
     """On a task's failure: log what the job recorded for the run (status, every gate)."""
-    run_date = context["ds"]
+    run_id = context["ds"]  # the run id is the logical date (lookalike --run-date)
     task = context["task_instance"].task_id
-    _, shown = run_record(run_date)
-    log.error("lookalike %s failed for %s; runs record:\n%s", task, run_date, shown)
+    _, shown = run_record(run_id)
+    log.error("lookalike %s failed for %s; runs record:\n%s", task, run_id, shown)
 
 
 class LookalikeStageOperator(SparkSubmitOperator):
@@ -137,7 +137,7 @@ class LookalikeStageOperator(SparkSubmitOperator):
                 f"published, not retried: {'; '.join(gates)}"
             ) from err
 
-    def _gate_failure(self, run_date: str, started: datetime) -> list[str] | None:
+    def _gate_failure(self, run_id: str, started: datetime) -> list[str] | None:
         """The failed gates when this try stopped at a quality gate, else None (never raises:
         the spark-submit failure must not be hidden behind one of this check)."""
         process = getattr(self._hook, "_submit_sp", None)
@@ -145,7 +145,7 @@ class LookalikeStageOperator(SparkSubmitOperator):
         if returncode != EXIT_GATE_FAILED and self.task_id != GATED_STAGE:
             return None
         try:
-            record, _ = run_record(run_date)
+            record, _ = run_record(run_id)
             recorded = (
                 record is not None
                 and record.get("status") == "gate_failed"
@@ -153,7 +153,7 @@ class LookalikeStageOperator(SparkSubmitOperator):
             )
             gates = failed_gates(record) if recorded else []
         except Exception:
-            log.exception("lookalike %s %s: could not read the runs record", self.task_id, run_date)
+            log.exception("lookalike %s %s: could not read the runs record", self.task_id, run_id)
             recorded, gates = False, []
         if returncode != EXIT_GATE_FAILED and not recorded:
             return None

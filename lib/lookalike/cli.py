@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from lookalike.config import Config, ConfigError, load_config
-from lookalike.layout import STAGES, RunLayout
+from lookalike.layout import STAGES, TableLayout
 from lookalike.model import commands as model_commands
 
 log = logging.getLogger("lookalike")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "review":
         from lookalike.reviews import record_review
 
-        table = RunLayout(config.output_root, run_id="").table("duplicate_reviews")
+        table = TableLayout(config.output_root).table("duplicate_reviews")
         try:
             record_review(table, args.sku_id_a, args.sku_id_b, args.decision, args.reviewer)
         except ValueError as err:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 def _rollback(args: argparse.Namespace, config: Config) -> int:
     from lookalike.rollback import RESTORABLE, RollbackError, restore_table, rollback_to_run
 
-    tables_dir = RunLayout(config.output_root, run_id="").tables
+    tables_dir = TableLayout(config.output_root).folder
     try:
         if args.to_version is not None:
             if not args.table:
@@ -197,7 +197,7 @@ def _run_record(args: argparse.Namespace, config: Config) -> int:
 
     from lookalike import tables
 
-    path = RunLayout(config.output_root, run_id="").table("runs")
+    path = TableLayout(config.output_root).table("runs")
     if not tables.is_table(path):
         print(f"lookalike: no runs table at {path}", file=sys.stderr)
         return 1
@@ -220,7 +220,7 @@ def _similar(args: argparse.Namespace, config: Config) -> int:
 
     from lookalike import tables
 
-    path = RunLayout(config.output_root, run_id="").table("similar_items")
+    path = TableLayout(config.output_root).table("similar_items")
     if not tables.is_table(path):
         print(f"lookalike: no published similar_items at {path}", file=sys.stderr)
         return 1

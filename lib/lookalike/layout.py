@@ -22,6 +22,23 @@ STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "
 
 
 @dataclass(frozen=True)
+class TableLayout:
+    """The published tables under ``<root>/tables/``: found without a run id."""
+
+    root: Location
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Location.of(self.root))
+
+    @property
+    def folder(self) -> Location:
+        return self.root / "tables"
+
+    def table(self, name: str) -> Location:
+        return self.folder / name
+
+
+@dataclass(frozen=True)
 class RunLayout:
     root: Location
     run_id: str
@@ -83,10 +100,10 @@ class RunLayout:
 
     @property
     def tables(self) -> Location:
-        return self.root / "tables"
+        return TableLayout(self.root).folder
 
     def table(self, name: str) -> Location:
-        return self.tables / name
+        return TableLayout(self.root).table(name)
 
     @property
     def demo_catalog(self) -> Location:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from lookalike.config import ConfigError, FineTuneSettings, ModelSettings, load_config
 from lookalike.core.storage import Location
-from lookalike.layout import RunLayout
+from lookalike.layout import TableLayout
 
 COMMANDS = {
     "labelled": "write a dataset folder as a labelled image set CSV",
@@ -184,7 +184,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         table = (
             Location.of(args.table)
             if args.table
-            else RunLayout(config.output_root, "").table("model_evaluations")
+            else TableLayout(config.output_root).table("model_evaluations")
         )
         version = record_evaluation(table, evaluation, run_id=args.run_id)
         print(f"recorded in {table} (version {version})")
@@ -337,7 +337,7 @@ def _promote(args: argparse.Namespace) -> int:
     except (LabelledSetError, ValueError, RuntimeError, OSError) as err:
         print(f"lookalike promote: evaluation failed: {err}", file=sys.stderr)
         return 1
-    layout = RunLayout(config.output_root, "")
+    layout = TableLayout(config.output_root)
     if args.output:
         write_report([evaluations["current"], evaluations["candidate"]], args.output)
     table = Location.of(args.table) if args.table else layout.table("model_evaluations")
