@@ -15,7 +15,7 @@ import pytest
 
 from lookalike.config import IndexSettings
 from lookalike.core.ann import EXACT, METRIC, Shard, ShardError, build_shard, shard_id_for
-from lookalike.stages.duplicate_pairs import near_duplicate_pairs_of_shard
+from lookalike.stages.duplicate_pairs import near_duplicate_pairs_across
 from lookalike.stages.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
 
 SETTINGS = IndexSettings()  # n_trees 20, search_k 5000, seed 42: the shipped defaults
@@ -415,7 +415,7 @@ def test_shard_id_keeps_a_readable_slug():
     assert shard_id_for("靴").startswith("category-")
 
 
-# --- near_duplicate_pairs_of_shard -------------------------------------------------------
+# --- near_duplicate_pairs_across -------------------------------------------------------
 
 MIN_SIMILARITY = 0.95
 
@@ -436,8 +436,8 @@ def planted(tmp_path_factory):
     # Some inactive: duplicates are found among inactive listings too (canonical picks later).
     members = members_frame(vectors, sku_ids + copy_ids, [i % 4 != 0 for i in range(71)])
     shard, _ = open_shard(members, tmp_path_factory.mktemp("dups"), category="mugs")
-    pairs = near_duplicate_pairs_of_shard(
-        shard, min_similarity=MIN_SIMILARITY, candidates=10, search_k=DEFAULT_SEARCH_K
+    pairs = near_duplicate_pairs_across(
+        shard, shard, min_similarity=MIN_SIMILARITY, candidates=10, search_k=DEFAULT_SEARCH_K
     )
     return members, pairs
 
@@ -477,8 +477,8 @@ def test_pairs_are_ordered_unique_and_above_threshold(planted):
 def test_no_pairs_gives_string_typed_empty_frame(tmp_path):
     vectors = _unit(np.random.default_rng(8).normal(size=(30, 16)))  # far apart in 16-d
     shard, _ = open_shard(members_frame(vectors, [f"u{i:02d}" for i in range(30)], True), tmp_path)
-    pairs = near_duplicate_pairs_of_shard(
-        shard, min_similarity=0.99, candidates=10, search_k=DEFAULT_SEARCH_K
+    pairs = near_duplicate_pairs_across(
+        shard, shard, min_similarity=0.99, candidates=10, search_k=DEFAULT_SEARCH_K
     )
     assert len(pairs) == 0
     assert list(pairs.columns) == ["sku_id_a", "sku_id_b", "score", "evidence"]

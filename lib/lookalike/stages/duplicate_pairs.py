@@ -73,15 +73,6 @@ def near_duplicate_pairs_across(
 QUERY_BLOCK = 4096
 
 
-def near_duplicate_pairs_of_shard(
-    shard: Shard, *, min_similarity: float, candidates: int, search_k: int
-) -> pd.DataFrame:
-    """Pairs (a < b) of one shard whose vectors are at least min_similarity apart."""
-    return near_duplicate_pairs_across(
-        shard, shard, min_similarity=min_similarity, candidates=candidates, search_k=search_k
-    )
-
-
 def embedding_pairs(
     manifest_df: DataFrame, *, min_similarity: float, candidates: int, search_k: int
 ) -> DataFrame:

@@ -194,11 +194,6 @@ def ranking(partition: str) -> Window:
     )
 
 
-def by_score(partition: str) -> Window:
-    """Best score first; equal (float32) scores in similar_sku_id order: a stable ranking."""
-    return Window.partitionBy(partition).orderBy(F.col("score").desc(), F.col("similar_sku_id"))
-
-
 def _with_source(similar_df: DataFrame) -> DataFrame:
     if "source" in similar_df.columns:
         return similar_df
