@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from lookalike import demo
-from lookalike.demo import CATEGORIES, HOSTILE_TITLE, TRANSFORMS, generate_demo_catalog
+from demo import catalog as demo
+from demo.catalog import CATEGORIES, HOSTILE_TITLE, TRANSFORMS, generate_demo_catalog
 
 N_PRODUCTS = 40
 IMAGE_SIZE = 160

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from demo.catalog import generate_demo_catalog
 from lookalike.config import Config
-from lookalike.demo import generate_demo_catalog
 from lookalike.layout import STAGES
 from lookalike.pipeline import RunContext, read_stats, run_nightly
 

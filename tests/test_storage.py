@@ -30,10 +30,10 @@ from deltalake import DeltaTable
 from PIL import Image
 from pyarrow import fs as pafs
 
+from demo.catalog import generate_demo_catalog
 from lookalike import tables
 from lookalike.config import ConfigError, IndexSettings, load_config
 from lookalike.core.storage import ChecksumMismatch, Location
-from lookalike.demo import generate_demo_catalog
 from lookalike.index import Shard, ShardError, build_category_indexes, build_shard, shard_id_for
 from lookalike.layout import RunLayout
 from lookalike.neighbors import similar_items

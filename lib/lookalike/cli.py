@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("run %s: %s", ctx.run_id, err)
         print(f"lookalike: run {ctx.run_id}: {err}", file=sys.stderr)
         return 3
+    except ConfigError as err:  # such as no catalog.path: bad configuration, exit code 2
+        print(f"lookalike: configuration error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:  # the scheduler pages on the exit code; the log has the trace
         log.exception("run %s failed", ctx.run_id)
         print(f"lookalike: run {ctx.run_id} failed: {type(err).__name__}: {err}", file=sys.stderr)

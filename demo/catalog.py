@@ -155,7 +155,7 @@ def generate_demo_catalog(
         raise ValueError(f"image_size must be at least 64 pixels, got {image_size}")
     root = Path(root)
     manifest = {
-        "generator": "lookalike.demo",
+        "generator": "demo.catalog",
         "version": GENERATOR_VERSION,
         "n_products": n_products,
         "seed": seed,
