@@ -93,10 +93,14 @@ def test_every_active_sku_with_a_valid_image_gets_k_similar_items(night, demo):
     # gets them by borrowing.
     assert (per_category.drop(LONG_TAIL) > K).all()
     assert 1 <= per_category[LONG_TAIL] <= K
-    # Ranks 1..K in order of non-increasing cosine similarity.
+    # Ranks 1..K: own-category rows first, then borrowed ones; each in order of non-increasing
+    # cosine similarity.
     for _, rows in similar.sort_values(["sku_id", "rank"]).groupby("sku_id"):
         assert list(rows["rank"]) == list(range(1, len(rows) + 1))
-        assert (rows["score"].diff().dropna() <= 1e-6).all()
+        own_first = (rows["source"] != "category").astype(int)
+        assert (own_first.diff().dropna() >= 0).all()
+        for _, part in rows.groupby("source"):
+            assert (part["score"].diff().dropna() <= 1e-6).all()
         assert rows["score"].between(-1.0, 1.0001).all()
 
 

@@ -291,8 +291,16 @@ def _similar_examples(layout: RunLayout, n_skus: int = 3, n_items: int = 3) -> l
     The SKUs come from the first rows of the table (not a scan of it): the first SKU of each
     category there, up to ``n_skus`` categories in alphabetical order."""
     import pyarrow.compute as pc
+    from deltalake import DeltaTable
+    from pyarrow import fs as pafs
 
-    from lookalike.tables import delta_dataset
+    def delta_dataset(path):
+        # Through pyarrow's own filesystem, local folders too: delta-rs's store wrapper can
+        # abort the process at exit, after the run (see lookalike.tables.delta_dataset).
+        filesystem, root = path.arrow()
+        return DeltaTable(str(path)).to_pyarrow_dataset(
+            filesystem=pafs.SubTreeFileSystem(root, filesystem)
+        )
 
     try:
         head = delta_dataset(layout.table("similar_items")).head(
