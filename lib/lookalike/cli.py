@@ -333,7 +333,7 @@ def _similar_examples(layout: RunLayout, n_skus: int = 3, n_items: int = 3) -> l
         # One line of printable text, whatever the title holds (no terminal escapes).
         text = "".join(c if c.isprintable() else " " for c in str(titles.get(sku_id) or ""))
         text = " ".join(text.split())
-        return text if len(text) <= 60 else text[:59] + "..."
+        return text if len(text) <= 60 else text[:57] + "..."
 
     lines = ["similar items (a few SKUs; lookalike similar <sku_id> shows any other):"]
     for items in picked:
