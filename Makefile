@@ -1,5 +1,6 @@
 # lookalike: the two commands of the README, and what they need.
-#   make demo   -> venv (when missing), the whole nightly job on the bundled catalog, a summary
+#   make demo   -> venv (when missing), the bundled catalog (demo/, written to var/demo_catalog),
+#                  then the whole nightly job on it, a summary
 #   make test   -> venv (when missing), the test suite
 # Options: make demo CATALOG=path/to/catalog.csv RUN_DATE=2026-11-23 CONF=conf/default.yaml
 
@@ -9,6 +10,7 @@ AIRFLOW_VENV  ?= .venv-airflow
 CONF          ?= conf/default.yaml
 RUN_DATE      ?= $(shell date -u +%F)
 CATALOG       ?=
+DEMO_CATALOG  ?= var/demo_catalog
 PYTEST_ARGS   ?=
 
 # One torch hub cache for the driver and Spark's Python workers (they inherit the environment
@@ -48,15 +50,18 @@ $(AIRFLOW_STAMP): airflow_dags/requirements.txt
 	$(AIRFLOW_VENV)/bin/pip install --quiet -r airflow_dags/requirements.txt
 	touch $@
 
+# Without CATALOG: generate the bundled catalog first (demo/ is not part of the installed
+# package; the same seed always writes the same files, and an up-to-date folder is kept).
 demo: venv
-	$(VENV)/bin/lookalike nightly --conf $(CONF) --run-date $(RUN_DATE) $(if $(CATALOG),--catalog $(CATALOG))
+	$(if $(CATALOG),,$(VENV)/bin/python -m demo $(DEMO_CATALOG))
+	$(VENV)/bin/lookalike nightly --conf $(CONF) --run-date $(RUN_DATE) --catalog $(or $(CATALOG),$(DEMO_CATALOG)/catalog.csv)
 
 test: venv airflow-venv
 	LOOKALIKE_AIRFLOW_PYTHON=$(CURDIR)/$(AIRFLOW_VENV)/bin/python $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check lib jobs tests benchmarks airflow_dags
-	$(VENV)/bin/ruff format --check lib jobs tests benchmarks airflow_dags
+	$(VENV)/bin/ruff check lib jobs tests benchmarks airflow_dags demo scripts
+	$(VENV)/bin/ruff format --check lib jobs tests benchmarks airflow_dags demo scripts
 
 clean:
 	rm -rf var .pytest_cache

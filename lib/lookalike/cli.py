@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from lookalike.config import Config, ConfigError, load_config
-from lookalike.layout import STAGES, TableLayout
+from lookalike.layout import STAGES, RunLayout, TableLayout
 from lookalike.model import commands as model_commands
 
 log = logging.getLogger("lookalike")
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("run %s: %s", ctx.run_id, err)
         print(f"lookalike: run {ctx.run_id}: {err}", file=sys.stderr)
         return 3
+    except ConfigError as err:  # such as no catalog.path: bad configuration, exit code 2
+        print(f"lookalike: configuration error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:  # the scheduler pages on the exit code; the log has the trace
         log.exception("run %s failed", ctx.run_id)
         print(f"lookalike: run {ctx.run_id} failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -264,4 +267,60 @@ def format_summary(ctx, results, total_seconds: float) -> str:
         lines.append(f"  duplicates report  {layout.report_dir / 'duplicates.html'}")
         lines.append(f"  duplicates CSV     {layout.report_dir / 'duplicates.csv'}")
         lines.append(f"  mismatches CSV     {layout.report_dir / 'category_mismatches.csv'}")
+    if any(r.stage == "publish" for r in results):
+        lines += ["", *_similar_examples(layout)]
     return "\n".join(lines)
+
+
+def _similar_examples(layout: RunLayout, n_skus: int = 3, n_items: int = 3) -> list[str]:
+    """A few published SKUs with their top similar items and titles, for a first look.
+
+    The SKUs come from the first rows of the table (not a scan of it): the first SKU of each
+    category there, up to ``n_skus`` categories in alphabetical order."""
+    import pyarrow.compute as pc
+
+    from lookalike.tables import delta_dataset
+
+    try:
+        head = delta_dataset(layout.table("similar_items")).head(
+            4000, columns=["sku_id", "rank", "similar_sku_id", "score", "category"]
+        )
+        rows = sorted(head.to_pylist(), key=lambda r: (r["category"], r["sku_id"], r["rank"]))
+        shown: dict[str, list[dict]] = {}
+        for row in rows:
+            items = shown.get(row["category"])
+            if items is None and len(shown) < n_skus and row["rank"] == 1:
+                items = shown[row["category"]] = []
+            if items is not None and (not items or items[0]["sku_id"] == row["sku_id"]):
+                items.append(row)
+        picked = [items[:n_items] for items in shown.values() if items]
+        skus = sorted(
+            {r["sku_id"] for items in picked for r in items}
+            | {r["similar_sku_id"] for items in picked for r in items}
+        )
+        catalog = delta_dataset(layout.table("catalog")).to_table(
+            columns=["sku_id", "title"], filter=pc.field("sku_id").isin(skus)
+        )
+        titles = dict(zip(catalog["sku_id"].to_pylist(), catalog["title"].to_pylist(), strict=True))
+    except Exception as err:  # the run is done and published; a summary line is not worth more
+        log.warning("similar-items examples skipped: %s: %s", type(err).__name__, err)
+        return []
+    if not picked:
+        return []
+
+    def title(sku_id: str) -> str:
+        # One line of printable text, whatever the title holds (no terminal escapes).
+        text = "".join(c if c.isprintable() else " " for c in str(titles.get(sku_id) or ""))
+        text = " ".join(text.split())
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    lines = ["similar items (a few SKUs; lookalike similar <sku_id> shows any other):"]
+    for items in picked:
+        first = items[0]
+        lines.append(f"  {first['sku_id']}  [{first['category']}]  {title(first['sku_id'])}")
+        for r in items:
+            lines.append(
+                f"    {r['rank']:>2}. {r['similar_sku_id']:<14} {r['score']:.3f}  "
+                f"{title(r['similar_sku_id'])}"
+            )
+    return lines

@@ -44,7 +44,7 @@ class SparkSettings(_Section):
 
 
 class CatalogSettings(_Section):
-    # None: the bundled demo catalog, generated deterministically under output.root.
+    # Required (or --catalog); `make demo` generates the bundled catalog and passes it.
     path: str | None = None
     format: Literal["auto", "csv", "parquet"] = "auto"
     # Images must live under one of these folders; empty means the catalog file's folder.

@@ -4,7 +4,6 @@
 <root>/runs/<run_id>/        a run's working data (Parquet per stage, index files, stats)
 <root>/tables/<name>/        the published Delta tables the storefront and merchandisers read
 <root>/reports/<run_id>/     the duplicate-listing report
-<root>/demo_catalog/         the bundled catalog, generated on first use
 ```
 
 ``root`` is a local folder or a URI on object storage (``s3a://bucket/lookalike``): every
@@ -104,7 +103,3 @@ class RunLayout:
 
     def table(self, name: str) -> Location:
         return TableLayout(self.root).table(name)
-
-    @property
-    def demo_catalog(self) -> Location:
-        return self.root / "demo_catalog"

@@ -50,19 +50,14 @@ class RunContext:
         return RunLayout(self.config.output_root, self.run_id)
 
     def catalog_path(self) -> str:
-        """The configured catalog, or the bundled demo catalog (generated on first use)."""
-        if self.config.catalog.path:
-            return self.config.resolve(self.config.catalog.path)
-        from lookalike.demo import generate_demo_catalog
-
-        folder = self.layout.demo_catalog
-        if not folder.is_local:
+        """The configured catalog (``catalog.path``, or ``--catalog`` on the command line)."""
+        if not self.config.catalog.path:
             raise ConfigError(
-                f"catalog.path is not set and output.root {self.layout.root} is not a local "
-                "folder: the bundled demo catalog is drawn on local disk, which a cluster's "
-                "executors cannot read; set catalog.path to your catalog"
+                "catalog.path is not set: set catalog.path in the configuration or pass "
+                "--catalog path/to/catalog.csv; `make demo` generates the bundled demo catalog "
+                "(var/demo_catalog) and runs the nightly job on it"
             )
-        return str(generate_demo_catalog(folder.path).catalog_path)
+        return self.config.resolve(self.config.catalog.path)
 
 
 @dataclass(frozen=True)

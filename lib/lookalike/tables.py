@@ -143,15 +143,13 @@ def restore(path: Where, to_version: int) -> int:
 def delta_dataset(path: Where, version: int | None = None) -> ds.Dataset:
     """A version of a Delta table (the current one by default) as a pyarrow dataset.
 
-    On object storage the files are read through pyarrow's own filesystem: delta-rs's
+    The files are read through pyarrow's own filesystem, local folders too: delta-rs's
     default (a Python wrapper of its Rust store) can abort the process at exit when a pyarrow
     thread releases it after the interpreter shut down (seen 1 exit in 6-12 with deltalake
-    1.6.6 on S3).
+    1.6.6 on S3, and once after the nightly summary on a local folder).
     """
-    table, location = DeltaTable(str(path), version=version), Location.of(path)
-    if location.is_local:
-        return table.to_pyarrow_dataset()
-    filesystem, root = location.arrow()
+    table = DeltaTable(str(path), version=version)
+    filesystem, root = Location.of(path).arrow()
     return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(root, filesystem))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lookalike.demo import generate_demo_catalog
+from demo.catalog import generate_demo_catalog
 from lookalike.tables import STAGING
 
 pytestmark = pytest.mark.slow

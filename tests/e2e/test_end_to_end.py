@@ -1,4 +1,4 @@
-"""The whole nightly run on a small generated catalog: real Spark, model, Annoy and Delta."""
+"""The whole nightly run on a small demo catalog of real photos: real Spark, model, Annoy, Delta."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from demo.catalog import LONG_TAIL, generate_demo_catalog
 from lookalike.config import Config
-from lookalike.demo import generate_demo_catalog
 from lookalike.layout import STAGES
 from lookalike.pipeline import RunContext, run_nightly
 from lookalike.stages.common import read_stats
@@ -38,7 +38,7 @@ def _table(root: Path, name: str):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return generate_demo_catalog(tmp_path_factory.mktemp("catalog") / "demo", n_products=48)
+    return generate_demo_catalog(tmp_path_factory.mktemp("catalog") / "demo", n_products=60)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,23 @@ def test_every_active_sku_with_a_valid_image_gets_k_similar_items(night, demo):
     assert not similar.empty
     # Same category, not itself, not inactive.
     assert (similar["sku_id"] != similar["similar_sku_id"]).all()
+    own = similar[similar["source"] == "category"]
     assert (
-        catalog.loc[similar["similar_sku_id"], "category"].to_numpy()
-        == similar["category"].to_numpy()
+        catalog.loc[own["similar_sku_id"], "category"].to_numpy() == own["category"].to_numpy()
     ).all()
     assert (catalog.loc[similar["sku_id"], "category"].to_numpy() == similar["category"]).all()
+    # The long tail (one to three listings) fills K from the categories under its parent
+    # (Clothing > Bottoms: trousers, shorts), after its own; no other category needs to.
+    borrowed = similar[similar["source"] != "category"]
+    assert set(borrowed["category"]) == {LONG_TAIL}
+    parent = catalog.loc[borrowed["sku_id"], "category_path"].str.rsplit(" > ", n=1).str[0]
+    assert (borrowed["source"].to_numpy() == parent.to_numpy()).all()
+    lender = catalog.loc[borrowed["similar_sku_id"]]
+    assert (lender["category"] != LONG_TAIL).all()
+    assert all(
+        path.startswith(f"{src} > ")
+        for path, src in zip(lender["category_path"], borrowed["source"], strict=True)
+    )
     assert catalog.loc[similar["similar_sku_id"], "is_active"].all()
     assert catalog.loc[similar["sku_id"], "is_active"].all()
     assert set(similar["similar_sku_id"]) <= embedded
@@ -76,15 +88,20 @@ def test_every_active_sku_with_a_valid_image_gets_k_similar_items(night, demo):
     active = catalog[catalog["is_active"] & catalog.index.isin(embedded)]
     per_category = active.groupby("category").size()
     rows_per_sku = similar.groupby("sku_id").size()
-    for sku_id, row in active.iterrows():
-        expected = min(K, per_category[row["category"]] - 1)
-        assert rows_per_sku.get(sku_id, 0) == expected, sku_id
-    # The demo's categories are large enough for every active SKU to get all K.
-    assert (per_category > K).all()
-    # Ranks 1..K in order of non-increasing cosine similarity.
+    for sku_id, _ in active.iterrows():
+        assert rows_per_sku.get(sku_id, 0) == K, sku_id
+    # The demo's categories are large enough for every active SKU to get all K; the long tail
+    # gets them by borrowing.
+    assert (per_category.drop(LONG_TAIL) > K).all()
+    assert 1 <= per_category[LONG_TAIL] <= K
+    # Ranks 1..K: own-category rows first, then borrowed ones; each in order of non-increasing
+    # cosine similarity.
     for _, rows in similar.sort_values(["sku_id", "rank"]).groupby("sku_id"):
         assert list(rows["rank"]) == list(range(1, len(rows) + 1))
-        assert (rows["score"].diff().dropna() <= 1e-6).all()
+        own_first = (rows["source"] != "category").astype(int)
+        assert (own_first.diff().dropna() >= 0).all()
+        for _, part in rows.groupby("source"):
+            assert (part["score"].diff().dropna() <= 1e-6).all()
         assert rows["score"].between(-1.0, 1.0001).all()
 
 
@@ -111,7 +128,15 @@ def test_every_planted_near_duplicate_is_found_and_nothing_else(night, demo):
     _, output, _ = night
     clusters = _table(output, "duplicate_clusters").set_index("sku_id")
     planted = _read_csv(demo.planted_duplicates)
-    assert {p["transform"] for p in planted} >= {"exact", "mirrored", "watermarked", "cropped"}
+    assert {p["transform"] for p in planted} >= {
+        "exact",
+        "reencoded",
+        "resized",
+        "cropped",
+        "padded",
+        "watermarked",
+        "mirrored",
+    }
     for pair in planted:
         assert pair["sku_id"] in clusters.index, pair
         copy, original = clusters.loc[pair["sku_id"]], clusters.loc[pair["original_sku_id"]]
@@ -176,7 +201,15 @@ def test_report_lists_the_clusters(night):
     clusters = _table(output, "duplicate_clusters")
     for cluster_id in clusters["cluster_id"].unique():
         assert cluster_id in html
-    assert "<script>alert" not in html  # the demo has a hostile title; it must be escaped
+    # The demo's hostile title is on a listing with an exact copy: shown, and escaped.
+    assert "<script>alert" not in html
+    assert (
+        "&lt;script&gt;alert(&#34;x&#34;)" in html or "&lt;script&gt;alert(&quot;x&quot;)" in html
+    )
+    # Its formula title reaches the spreadsheet file defused.
+    duplicates_csv = (ctx.layout.report_dir / "duplicates.csv").read_text()
+    assert "'=HYPERLINK(" in duplicates_csv
+    assert ",=HYPERLINK(" not in duplicates_csv and '"=HYPERLINK(' not in duplicates_csv
     # The category-mismatch section: every flagged listing is an active one, and is shown.
     flagged = _table(output, "category_mismatches")
     active = _table(output, "catalog").set_index("sku_id")["is_active"]

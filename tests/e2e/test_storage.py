@@ -30,18 +30,17 @@ from deltalake import DeltaTable
 from PIL import Image
 from pyarrow import fs as pafs
 
+from demo.catalog import generate_demo_catalog
 from lookalike import tables
 from lookalike.config import ConfigError, IndexSettings, load_config
 from lookalike.core.ann import Shard, ShardError, build_shard, shard_id_for
 from lookalike.core.storage import ChecksumMismatch, Location
-from lookalike.demo import generate_demo_catalog
 from lookalike.layout import RunLayout
 from lookalike.rollback import restore_table
 from lookalike.session import jvm_has_class
 from lookalike.stages.index import build_category_indexes
 from lookalike.stages.neighbors import similar_items
-from lookalike.stages.report import MEMBER_COLUMNS
-from lookalike.stages.report_page import write_duplicate_report
+from lookalike.stages.report_page import MEMBER_COLUMNS, write_duplicate_report
 
 REPO = Path(__file__).resolve().parents[2]
 S3_BUCKET = os.environ.get("LOOKALIKE_TEST_S3", "")

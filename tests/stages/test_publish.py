@@ -17,9 +17,9 @@ import torch
 import torchvision
 from deltalake import DeltaTable
 
+from demo.catalog import generate_demo_catalog
 from lookalike.cli import main
 from lookalike.core.backbones import CHECKPOINT_FORMAT
-from lookalike.demo import generate_demo_catalog
 from lookalike.tables import write_table
 
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from demo.catalog import generate_demo_catalog
 from lookalike.cli import main
 from lookalike.config import Config
-from lookalike.demo import generate_demo_catalog
 from lookalike.pipeline import RunContext, run_stage
 from lookalike.reviews import record_review
 
