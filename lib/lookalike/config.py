@@ -84,8 +84,9 @@ class ModelSettings(_Section):
     image_size: int | None = Field(default=None, ge=32, le=1024)
     # Crop away a uniform background border (studio photos on white, padded canvases) before
     # resizing, for the embedding too. Off by default: on photos with soft shadows the
-    # trimmed frame moves with JPEG noise (re-encoded demo copies fell from cosine 0.985 to
-    # 0.929), and it cost similar items (grocery photo -> iconic Recall@1 36.8% -> 25.0%).
+    # trimmed frame moves with JPEG noise (re-encoded copies in the first, drawn demo fell from
+    # cosine 0.985 to 0.929), and it cost similar items (grocery photo -> iconic Recall@1
+    # 36.8% -> 25.0%).
     # Padded copies need none of it: the duplicate descriptor always holds a trimmed view.
     trim_borders: bool = False
     batch_size: int = Field(default=32, ge=1, le=4096)

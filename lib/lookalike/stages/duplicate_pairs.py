@@ -167,8 +167,8 @@ def phash_pairs(
     Candidates share one 16-bit band of the hash (a join, never all pairs); a band value held
     by more than ``max_bucket`` photos (blank or placeholder images) is skipped rather than
     made into max_bucket^2 candidates. Close hashes alone are not enough: product shots on
-    a plain background share their low frequencies (measured on the demo catalogue: different
-    products 4-6 bits apart at cosine 0.56-0.86), so a pair must also reach
+    a plain background share their low frequencies (measured on the first, drawn demo catalog:
+    different products 4-6 bits apart at cosine 0.56-0.86), so a pair must also reach
     ``min_similarity`` in cosine, which is its score.
     """
     hashed = embeddings_df.filter(F.col("phash").isNotNull())
