@@ -15,7 +15,7 @@ from lookalike import tables
 from lookalike.config import Config
 from lookalike.csvsafe import spreadsheet_safe, spreadsheet_safe_frame
 from lookalike.pipeline import RunContext
-from lookalike.stages import duplicates, ingest, mismatches, report
+from lookalike.stages import ingest, mismatches, report, shared_photos
 from lookalike.stages.report import MEMBER_COLUMNS, MISMATCH_COLUMNS
 from lookalike.stages.report_page import write_duplicate_report
 
@@ -178,7 +178,7 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
         mismatches.MISMATCH_SCHEMA,
     ).write.parquet(str(ctx.layout.category_mismatches))
     # No listing without a photo of its own: the duplicates stage writes an empty frame.
-    spark.createDataFrame([], duplicates.SHARED_PHOTOS_SCHEMA).write.parquet(
+    spark.createDataFrame([], shared_photos.SHARED_PHOTOS_SCHEMA).write.parquet(
         str(ctx.layout.shared_photos)
     )
     counts = report.run(spark, ctx)
