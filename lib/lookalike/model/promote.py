@@ -19,12 +19,13 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lookalike.core.files import file_sha256
 from lookalike.core.storage import Location
-from lookalike.model.evaluate import (
-    Evaluation,
-)
+
+if TYPE_CHECKING:  # annotations only: declaring `lookalike promote` loads no pandas
+    from lookalike.model.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
