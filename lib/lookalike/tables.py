@@ -53,11 +53,25 @@ RUNS_SCHEMA = pa.schema(
         ("table_versions", pa.string()),
     ]
 )
-# Merchandisers' decisions on pairs: written by `lookalike review`, read by the duplicates stage.
+# Merchandisers' decisions on pairs: written by `lookalike review` and the review app, read by
+# the duplicates stage. A `canonical` decision names one listing twice (sku_id_a == sku_id_b).
 REVIEWS_SCHEMA = pa.schema(
     [
         pa.field("sku_id_a", pa.string(), nullable=False),
         pa.field("sku_id_b", pa.string(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("reviewer", pa.string()),
+        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# Merchandisers' decisions on category mismatches (the review app), read by the mismatches
+# stage: the category the listing had when it was decided, and what was suggested then.
+MISMATCH_REVIEWS_SCHEMA = pa.schema(
+    [
+        pa.field("sku_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("suggested_category", pa.string()),
         pa.field("decision", pa.string(), nullable=False),
         pa.field("reviewer", pa.string()),
         pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),

@@ -1,0 +1,417 @@
+"""One published run, in the form the service answers from.
+
+What the service serves is a *run*, never a table: the latest ``published`` record of the
+``runs`` table names the version of each table that run wrote (``table_versions``), and a
+snapshot reads every table at exactly that version. A publish in progress (tables committed
+one after the other, the runs record last) is therefore invisible until it is complete, and a
+snapshot never holds one run's similar items beside another run's duplicate clusters.
+
+Similar items are kept as memory-mapped numpy arrays, built once per run into
+``<cache>/<snapshot key>/`` (written beside, then renamed into place):
+
+- ``keys.npy``: every SKU the run knows (the catalog's, and every id in similar_items),
+  sorted, as fixed-width bytes: ``numpy.searchsorted`` finds a SKU in ~1 µs at 1M SKUs;
+- ``starts.npy``: row ranges per key into the row arrays, which are sorted by (SKU, rank);
+- ``similar.npy`` (the similar SKU's key number), ``score.npy``, ``rank.npy``,
+  ``category.npy`` and ``model.npy`` (codes into the small lists of ``meta.json``).
+
+At a million SKUs with ten similar items each this is about 150 MB of files, shared by every
+process that maps them, against ~1.5 GB of Python objects for the same rows; the build takes
+seconds (``benchmarks/serve_latency.py`` prints it). Duplicate clusters and category
+mismatches are small (a share of the catalog) and kept as plain Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lookalike import tables
+from lookalike.core.storage import Location
+
+log = logging.getLogger(__name__)
+
+# The tables a snapshot reads, at the versions the run's record names.
+SERVED_TABLES = ("similar_items", "duplicate_clusters", "category_mismatches", "catalog")
+_ROW_ARRAYS = ("similar", "score", "rank", "category", "model")
+
+
+class SnapshotError(RuntimeError):
+    """A published run that cannot be served (the message names the table and the problem)."""
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """A ``runs`` record with status ``published``: which version of each table it wrote."""
+
+    run_id: str
+    finished_at: str
+    table_versions: dict[str, int]
+
+    @property
+    def key(self) -> str:
+        """A name for the run's snapshot, unique per (run, versions): a rerun of the same date
+        publishes new versions and gets a new key."""
+        versions = "-".join(f"{self.table_versions.get(name, 'x')}" for name in SERVED_TABLES)
+        return f"{_safe_name(self.run_id)}.v{versions}"
+
+    @property
+    def etag(self) -> str:
+        """What a client's cache compares: the run and the similar_items version."""
+        return f'"{_safe_name(self.run_id)}.{self.table_versions["similar_items"]}"'
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
+
+
+def latest_published_run(tables_dir: Location) -> PublishedRun | None:
+    """The most recently finished run that published every served table; None before any."""
+    runs_path = tables_dir / "runs"
+    if not tables.is_table(runs_path):
+        return None
+    runs = tables.read_table(runs_path, columns=["run_id", "status", "finished_at", "table_versions"])
+    published = [r for r in runs.to_pylist() if r["status"] == "published" and r["table_versions"]]
+    for record in sorted(published, key=lambda r: r["finished_at"], reverse=True):
+        versions = json.loads(record["table_versions"])
+        if all(name in versions for name in SERVED_TABLES):
+            return PublishedRun(record["run_id"], str(record["finished_at"]), versions)
+        log.warning(
+            "run %s published no %s: not servable",
+            record["run_id"],
+            [name for name in SERVED_TABLES if name not in versions],
+        )
+    return None
+
+
+# --- similar items: memory-mapped arrays ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarItem:
+    sku_id: str
+    rank: int
+    score: float
+    category: str
+    model_id: str
+
+
+class SimilarItems:
+    """A run's similar items, looked up by SKU in the memory-mapped arrays of ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        self.run_id: str = meta["run_id"]
+        self.categories: list[str] = meta["categories"]
+        self.models: list[str] = meta["models"]
+        self.n_rows: int = meta["n_rows"]
+        self.keys = np.load(folder / "keys.npy", mmap_mode="r")
+        self.starts = np.load(folder / "starts.npy", mmap_mode="r")
+        self._rows = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ROW_ARRAYS}
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def position(self, sku_id: str) -> int | None:
+        """The SKU's key number, or None when the run does not know it."""
+        key = sku_id.encode("utf-8")
+        if len(key) > self.keys.dtype.itemsize or not key or key.endswith(b"\0"):
+            return None
+        i = int(np.searchsorted(self.keys, key))
+        return i if i < len(self.keys) and self.keys[i] == key else None
+
+    def sku_at(self, position: int) -> str:
+        return bytes(self.keys[position]).decode("utf-8")
+
+    def lookup(self, sku_id: str, k: int) -> list[SimilarItem] | None:
+        """Up to ``k`` similar items, best first; [] for a known SKU without any (inactive,
+        or alone in its category); None for a SKU the run does not know."""
+        i = self.position(sku_id)
+        if i is None:
+            return None
+        start, end = int(self.starts[i]), int(self.starts[i + 1])
+        end = min(end, start + k)
+        rows = self._rows
+        similar = rows["similar"][start:end]
+        return [
+            SimilarItem(
+                sku_id=self.sku_at(int(similar[j])),
+                rank=int(rows["rank"][start + j]),
+                score=float(rows["score"][start + j]),
+                category=self.categories[int(rows["category"][start + j])],
+                model_id=self.models[int(rows["model"][start + j])],
+            )
+            for j in range(end - start)
+        ]
+
+
+def build_similar_items(
+    similar: pa.Table, catalog_ids: pa.Array, run_id: str, folder: Path
+) -> SimilarItems:
+    """Write the arrays of ``similar`` (similar_items rows) into ``folder`` and map them.
+
+    ``catalog_ids`` are every SKU of the run's catalog: a SKU of the catalog without similar
+    items is known (an empty answer), one outside it is not (404). Raises SnapshotError when
+    the rows are not one run's well-formed similar items.
+    """
+    _check_similar_items(similar, run_id)
+    ids = pa.chunked_array(
+        [*catalog_ids.chunks, *similar["sku_id"].chunks, *similar["similar_sku_id"].chunks]
+        if isinstance(catalog_ids, pa.ChunkedArray)
+        else [catalog_ids, *similar["sku_id"].chunks, *similar["similar_sku_id"].chunks]
+    )
+    unique = pc.unique(ids.cast(pa.binary())).to_numpy(zero_copy_only=False)
+    width = max((len(v) for v in unique), default=1)
+    keys = np.sort(unique.astype(f"S{width}"))
+    value_set = pa.array(keys.tolist(), type=pa.binary())
+    sku = pc.index_in(similar["sku_id"].cast(pa.binary()), value_set=value_set).to_numpy()
+    other = pc.index_in(similar["similar_sku_id"].cast(pa.binary()), value_set=value_set)
+    rank = similar["rank"].to_numpy()
+    order = np.lexsort((rank, sku))
+    categories = pc.dictionary_encode(similar["category"].combine_chunks())
+    models = pc.dictionary_encode(similar["model_id"].combine_chunks())
+    arrays = {
+        "keys": keys,
+        "starts": np.searchsorted(sku[order], np.arange(len(keys) + 1)).astype(np.int64),
+        "similar": other.to_numpy()[order].astype(np.int32),
+        "score": similar["score"].to_numpy()[order].astype(np.float32),
+        "rank": rank[order].astype(np.int32),
+        "category": categories.indices.to_numpy()[order].astype(np.int32),
+        "model": models.indices.to_numpy()[order].astype(np.int32),
+    }
+    meta = {
+        "run_id": run_id,
+        "n_rows": similar.num_rows,
+        "categories": categories.dictionary.to_pylist(),
+        "models": models.dictionary.to_pylist(),
+    }
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return SimilarItems(folder)
+
+
+def _check_similar_items(similar: pa.Table, run_id: str) -> None:
+    for column in ("sku_id", "rank", "similar_sku_id", "score", "category", "model_id", "run_id"):
+        if column not in similar.column_names:
+            raise SnapshotError(f"similar_items has no column {column!r}")
+        if similar[column].null_count:
+            raise SnapshotError(f"similar_items: {similar[column].null_count} null {column}")
+    runs = pc.unique(similar["run_id"]).to_pylist()
+    if runs and runs != [run_id]:
+        raise SnapshotError(f"similar_items holds rows of runs {runs}, expected only {run_id}")
+    if similar.num_rows and pc.min(similar["rank"]).as_py() < 1:
+        raise SnapshotError("similar_items: a rank below 1")
+
+
+# --- duplicate clusters and category mismatches: small, plain objects ----------------------------
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the review app shows of a SKU: the published catalog's row."""
+
+    sku_id: str
+    category: str
+    title: str | None
+    image_uri: str | None
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cluster_id: str
+    canonical_sku_id: str
+    evidence: str
+    min_score: float
+    categories: tuple[str, ...]
+    # (sku_id, score to the canonical listing or None), canonical first, then by sku_id.
+    members: tuple[tuple[str, float | None], ...]
+
+    @property
+    def sku_ids(self) -> tuple[str, ...]:
+        return tuple(sku for sku, _ in self.members)
+
+    def evidence_kinds(self) -> tuple[str, ...]:
+        return tuple(kind.strip() for kind in self.evidence.split(",") if kind.strip())
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    sku_id: str
+    category: str
+    suggested_category: str
+    suggested_share: float
+    own_share: float
+    suggested_score: float
+    neighbors: tuple[tuple[str, str], ...]
+
+
+def clusters_of(rows: pa.Table) -> list[Cluster]:
+    """duplicate_clusters rows as clusters, the most confident first (min_score, then id)."""
+    by_id: dict[str, list[dict]] = {}
+    for row in rows.to_pylist():
+        by_id.setdefault(row["cluster_id"], []).append(row)
+    clusters = []
+    for cluster_id, members in by_id.items():
+        canonical = members[0]["canonical_sku_id"]
+        members.sort(key=lambda r: (r["sku_id"] != canonical, r["sku_id"]))
+        clusters.append(
+            Cluster(
+                cluster_id=cluster_id,
+                canonical_sku_id=canonical,
+                evidence=members[0].get("evidence") or "",
+                min_score=min(float(r["min_score"]) for r in members),
+                categories=tuple(dict.fromkeys(str(r.get("category")) for r in members)),
+                members=tuple(
+                    (r["sku_id"], None if r.get("score") is None else float(r["score"]))
+                    for r in members
+                ),
+            )
+        )
+    clusters.sort(key=lambda c: (-c.min_score, c.cluster_id))
+    return clusters
+
+
+def mismatches_of(rows: pa.Table) -> list[Mismatch]:
+    """category_mismatches rows, the most confident first (as the static report orders them)."""
+    found = [
+        Mismatch(
+            sku_id=r["sku_id"],
+            category=r["category"],
+            suggested_category=r["suggested_category"],
+            suggested_share=float(r["suggested_share"]),
+            own_share=float(r["own_share"]),
+            suggested_score=float(r["suggested_score"]),
+            neighbors=tuple(
+                zip(r.get("neighbour_sku_ids") or (), r.get("neighbour_categories") or (), strict=False)
+            ),
+        )
+        for r in rows.to_pylist()
+    ]
+    found.sort(key=lambda m: (m.own_share, -m.suggested_share, -m.suggested_score, m.sku_id))
+    return found
+
+
+# --- the snapshot -----------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Everything the service answers from, for one published run."""
+
+    run: PublishedRun
+    similar: SimilarItems
+    clusters: list[Cluster]
+    mismatches: list[Mismatch]
+    listings: dict[str, Listing]
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.cluster_by_id = {c.cluster_id: c for c in self.clusters}
+        self.cluster_of_sku = {sku: c for c in self.clusters for sku in c.sku_ids}
+        self.mismatch_of_sku = {m.sku_id: m for m in self.mismatches}
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def describe(self) -> dict:
+        """What /healthz says is served."""
+        return {
+            "run_id": self.run.run_id,
+            "finished_at": self.run.finished_at,
+            "table_versions": {name: self.run.table_versions[name] for name in SERVED_TABLES},
+            "skus": len(self.similar),
+            "similar_items_rows": self.similar.n_rows,
+            "duplicate_clusters": len(self.clusters),
+            "category_mismatches": len(self.mismatches),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def load_snapshot(tables_dir: Location, run: PublishedRun, cache_dir: Path) -> Snapshot:
+    """Read ``run``'s tables at the versions it published into a Snapshot.
+
+    The similar-items arrays are built into ``cache_dir/<run.key>`` unless a finished build is
+    already there (another worker's, or this process's before a restart). Any problem raises
+    SnapshotError naming the table; nothing half-built is left under the final name.
+    """
+    started = time.perf_counter()
+    versions = run.table_versions
+
+    def read(name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        try:
+            dataset = tables.delta_dataset(tables_dir / name, versions[name])
+            return dataset.to_table(columns=columns, filter=filter)
+        except Exception as err:  # a vacuumed version, a missing file, a bad schema
+            raise SnapshotError(
+                f"{name} version {versions[name]} of run {run.run_id}: {type(err).__name__}: {err}"
+            ) from err
+
+    folder = cache_dir / run.key
+    if (folder / "meta.json").exists():
+        similar = SimilarItems(folder)
+    else:
+        catalog_ids = read("catalog", ["sku_id"])["sku_id"]
+        rows = read(
+            "similar_items",
+            ["sku_id", "rank", "similar_sku_id", "score", "category", "model_id", "run_id"],
+        )
+        building = cache_dir / f".{run.key}.{uuid.uuid4().hex[:8]}"
+        building.mkdir(parents=True)
+        try:
+            build_similar_items(rows, catalog_ids, run.run_id, building)
+            try:
+                os.rename(building, folder)
+            except OSError:  # another process finished the same build first: use theirs
+                if not (folder / "meta.json").exists():
+                    raise
+        finally:
+            if building.exists():
+                shutil.rmtree(building, ignore_errors=True)
+        similar = SimilarItems(folder)
+    clusters = clusters_of(read("duplicate_clusters"))
+    mismatches = mismatches_of(read("category_mismatches"))
+    reviewed = sorted(
+        {sku for c in clusters for sku in c.sku_ids}
+        | {m.sku_id for m in mismatches}
+        | {sku for m in mismatches for sku, _ in m.neighbors}
+    )
+    catalog = read(
+        "catalog",
+        ["sku_id", "category", "title", "image_uri", "is_active"],
+        filter=pc.field("sku_id").isin(reviewed) if reviewed else pc.scalar(False),
+    )
+    listings = {row["sku_id"]: Listing(**row) for row in catalog.to_pylist()}
+    return Snapshot(
+        run=run,
+        similar=similar,
+        clusters=clusters,
+        mismatches=mismatches,
+        listings=listings,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def prune_cache(cache_dir: Path, keep: set[str]) -> None:
+    """Delete snapshot folders other than ``keep`` (mapped files stay readable until unmapped)."""
+    if not cache_dir.is_dir():
+        return
+    for entry in cache_dir.iterdir():
+        if entry.is_dir() and entry.name not in keep and not entry.name.startswith("."):
+            shutil.rmtree(entry, ignore_errors=True)
