@@ -78,6 +78,28 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     similar.add_argument("sku_id")
     similar.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     similar.add_argument("--output", help=OUTPUT_HELP)
+    serve = commands.add_parser(
+        "serve", help="the storefront API and the review app over the published tables"
+    )
+    serve.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
+    serve.add_argument("--output", help=OUTPUT_HELP)
+    serve.add_argument("--host", help="address to listen on (default: serve.host)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default: 1)"
+    )
+    reviewer = commands.add_parser("reviewer", help="manage the review app's reviewers")
+    reviewer_commands = reviewer.add_subparsers(dest="reviewer_command", required=True)
+    add = reviewer_commands.add_parser(
+        "add", help="add a reviewer to the secrets file and print their token once"
+    )
+    add.add_argument("name")
+    add.add_argument(
+        "--file",
+        required=True,
+        help="the reviewers' secrets file (outside the repository; serve.reviewers_file or "
+        "LOOKALIKE_REVIEWERS_FILE points the service at it)",
+    )
     model_commands.add_commands(commands)
     return parser
 
@@ -108,6 +130,27 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    from lookalike.serve.app import serve
+    from lookalike.serve.auth import AuthError
+
+    if args.workers < 1:
+        print("lookalike: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        serve(
+            args.conf,
+            str(config.output_root),
+            args.host or config.serve.host,
+            config.serve.port if args.port is None else args.port,
+            args.workers,
+        )
+    except AuthError as err:
+        print(f"lookalike: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in model_commands.COMMANDS:
@@ -117,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         from lookalike.core.backbones import install_offline_weights
 
         print(install_offline_weights())
+        return 0
+    if args.command == "reviewer":
+        from lookalike.serve.auth import AuthError, add_reviewer
+
+        try:
+            token = add_reviewer(Path(args.file), args.name)
+        except AuthError as err:
+            print(f"lookalike: {err}", file=sys.stderr)
+            return 2
+        print(f"reviewer {args.name} added to {args.file}; their token (shown once):")
+        print(token)
         return 0
     try:
         config = _config_from(args)
@@ -135,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"recorded: {args.sku_id_a} / {args.sku_id_b} {args.decision} in {table}")
         return 0
+
+    if args.command == "serve":
+        return _serve(args, config)
 
     if args.command == "rollback":
         return _rollback(args, config)

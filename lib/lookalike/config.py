@@ -249,6 +249,38 @@ class GateSettings(_Section):
     min_recall: float = Field(default=0.9, ge=0.0, le=1.0)
 
 
+class ServeSettings(_Section):
+    """``lookalike serve``: the storefront API and the review app (lookalike.serve)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # How often the service looks for a newer published run (seconds); 0: only at start.
+    refresh_seconds: float = Field(default=30.0, ge=0.0)
+    # Where the memory-mapped copies of published runs are built (a local disk; default: a
+    # temporary folder per process).
+    cache_dir: str | None = None
+    # The JSON API: open to any caller, or only with a bearer token (LOOKALIKE_READ_TOKEN or
+    # a reviewer's). Writes always need a reviewer.
+    read_access: Literal["open", "token"] = "open"
+    # The reviewers' secrets file (name:sha256:<hash> lines, `lookalike reviewer add`): a
+    # path outside the repository; LOOKALIKE_REVIEWERS_FILE wins over it. Without either
+    # the review app is read-only.
+    reviewers_file: str | None = None
+    max_k: int = Field(default=100, ge=1, le=1000)
+    # Review pages: rows per page by default, and the most a request may ask for.
+    page_size: int = Field(default=20, ge=1)
+    max_page_size: int = Field(default=200, ge=1, le=10_000)
+    # Cache-Control max-age of API answers (seconds): a new run shows up within it.
+    cache_max_age: int = Field(default=60, ge=0)
+    thumb_px: int = Field(default=160, ge=16, le=1024)
+
+    @model_validator(mode="after")
+    def _page_size_fits(self) -> ServeSettings:
+        if self.page_size > self.max_page_size:
+            raise ValueError(f"page_size {self.page_size} > max_page_size {self.max_page_size}")
+        return self
+
+
 class FineTuneSettings(_Section):
     """What ``lookalike finetune`` trains and how; defaults are the benchmarked ones."""
 
@@ -317,6 +349,7 @@ class Config(_Section):
     mismatches: MismatchSettings = Field(default_factory=MismatchSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     # The folder relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 

@@ -54,8 +54,11 @@ class LiveSnapshot:
             try:
                 snapshot = load_snapshot(self.tables_dir, run, self.cache_dir)
             except Exception as err:
-                log.exception("run %s could not be loaded; still serving %s", run.run_id,
-                              served.run_id if served else "nothing")
+                log.exception(
+                    "run %s could not be loaded; still serving %s",
+                    run.run_id,
+                    served.run_id if served else "nothing",
+                )
                 self.failed = (run, f"{type(err).__name__}: {err}")
                 return False
             self.current = snapshot  # the swap: one reference assignment

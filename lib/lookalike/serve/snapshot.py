@@ -81,7 +81,9 @@ def latest_published_run(tables_dir: Location) -> PublishedRun | None:
     runs_path = tables_dir / "runs"
     if not tables.is_table(runs_path):
         return None
-    runs = tables.read_table(runs_path, columns=["run_id", "status", "finished_at", "table_versions"])
+    runs = tables.read_table(
+        runs_path, columns=["run_id", "status", "finished_at", "table_versions"]
+    )
     published = [r for r in runs.to_pylist() if r["status"] == "published" and r["table_versions"]]
     for record in sorted(published, key=lambda r: r["finished_at"], reverse=True):
         versions = json.loads(record["table_versions"])
@@ -296,7 +298,11 @@ def mismatches_of(rows: pa.Table) -> list[Mismatch]:
             own_share=float(r["own_share"]),
             suggested_score=float(r["suggested_score"]),
             neighbors=tuple(
-                zip(r.get("neighbour_sku_ids") or (), r.get("neighbour_categories") or (), strict=False)
+                zip(
+                    r.get("neighbour_sku_ids") or (),
+                    r.get("neighbour_categories") or (),
+                    strict=False,
+                )
             ),
         )
         for r in rows.to_pylist()

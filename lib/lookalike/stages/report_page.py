@@ -411,6 +411,17 @@ def _thumbnails(image_uris: list[object], *, thumb_px: int) -> dict[str, _Thumb 
 
 def _thumbnail(image_uri: str, *, thumb_px: int) -> _Thumb | None:
     """A JPEG data URI of the image fitted in thumb_px x thumb_px, or None if it cannot be read."""
+    made = thumbnail_jpeg(image_uri, thumb_px=thumb_px)
+    if made is None:
+        return None
+    jpeg, width, height = made
+    encoded = base64.b64encode(jpeg).decode("ascii")
+    return _Thumb(f"data:image/jpeg;base64,{encoded}", width, height)
+
+
+def thumbnail_jpeg(image_uri: str, *, thumb_px: int) -> tuple[bytes, int, int] | None:
+    """The image fitted in thumb_px x thumb_px as JPEG bytes with its size, or None if it
+    cannot be read (the report inlines it; the review app serves it)."""
     try:
         # Through Location: images on object storage make thumbnails too.
         with Image.open(io.BytesIO(Location.of(image_uri).read_bytes())) as image:
@@ -428,8 +439,7 @@ def _thumbnail(image_uri: str, *, thumb_px: int) -> _Thumb | None:
         # placeholder, not the whole morning's report.
         log.warning("thumbnail failed for %s: %s: %s", image_uri, type(error).__name__, error)
         return None
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return _Thumb(f"data:image/jpeg;base64,{encoded}", image.width, image.height)
+    return buffer.getvalue(), image.width, image.height
 
 
 def _flatten_to_rgb(image: Image.Image) -> Image.Image:
