@@ -27,7 +27,7 @@ from os import PathLike
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.transaction import AddAction
 from pyarrow import fs as pafs
 
@@ -142,9 +142,24 @@ def read_with_spark(spark, path: Where):
     return spark.read.parquet(*files) if files else None
 
 
+# Concurrent appends (two reviewers deciding at once) do not conflict in Delta: delta-rs
+# retries a commit whose version was taken by another append, up to this many times.
+APPEND_COMMIT_RETRIES = 50
+
+
 def append(path: Where, data: pa.Table) -> int:
-    """Add rows in one commit (concurrent appends do not conflict); returns the new version."""
-    write_deltalake(str(path), data, mode="append")
+    """Add rows in one commit; returns the table's version after it (others may follow).
+
+    Appends from several threads or processes at the same moment all land (tested with the
+    review app's writers); on object storage that needs a store with atomic put-if-absent
+    (S3 since 2024, or delta-rs's locking options), as any Delta writer does.
+    """
+    write_deltalake(
+        str(path),
+        data,
+        mode="append",
+        commit_properties=CommitProperties(max_commit_retries=APPEND_COMMIT_RETRIES),
+    )
     return version(path)
 
 

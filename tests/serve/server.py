@@ -24,6 +24,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
+    set_cookies: list[str] = field(default_factory=list)
 
     def json(self):
         return json.loads(self.body)
@@ -47,9 +48,12 @@ class Client:
             connection.request(method, path, body=body, headers=sent)
             response = connection.getresponse()
             answer = Answer(
-                response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+                response.headers.get_all("set-cookie") or [],
             )
-            for value in response.headers.get_all("set-cookie") or []:
+            for value in answer.set_cookies:
                 for name, morsel in SimpleCookie(value).items():
                     if morsel["max-age"] == "0" or not morsel.value:
                         self.cookies.pop(name, None)

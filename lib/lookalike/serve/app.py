@@ -201,6 +201,10 @@ def healthz(request: Request) -> Response:
     return JSONResponse(body, 200 if service.live.current else 503)
 
 
+def favicon(request: Request) -> Response:
+    return Response(status_code=204)  # browsers ask for it; there is none
+
+
 def not_found(request: Request, exc: Exception) -> Response:
     return json_error(404, f"no such path {request.url.path[:200]!r}")
 
@@ -234,6 +238,7 @@ def create_app(service: Service, *, refresh_in_background: bool = True) -> Starl
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/favicon.ico", favicon),
             Route("/v1/similar/{sku_id:path}", similar),
             Route("/v1/duplicates/{sku_id:path}", duplicates),
             Mount("/review", routes=review.routes()),

@@ -20,7 +20,7 @@ from lookalike.core.storage import Location
 from lookalike.serve.snapshot import (
     PublishedRun,
     Snapshot,
-    latest_published_run,
+    published_runs,
     load_snapshot,
     prune_cache,
 )
@@ -39,41 +39,50 @@ class LiveSnapshot:
         self._refreshing = threading.Lock()
 
     def refresh(self) -> bool:
-        """Serve the latest published run if it is not served yet; True when it swapped."""
+        """Serve the latest published run if it is not served yet; True when it swapped.
+
+        A service that serves nothing yet (just started) and cannot load the latest run falls
+        back to the newest older run that loads: yesterday's answers beat none.
+        """
         with self._refreshing:
             try:
-                run = latest_published_run(self.tables_dir)
+                runs = published_runs(self.tables_dir)
             except Exception as err:  # the runs table unreadable: keep serving what we have
                 log.exception("cannot read the runs table under %s", self.tables_dir)
                 self.failed = (None, f"runs table: {type(err).__name__}: {err}")
                 return False
             served = self.current
-            if run is None or (served is not None and served.run.key == run.key):
+            if not runs or (served is not None and served.run.key == runs[0].key):
                 return False
-            started = time.perf_counter()
-            try:
-                snapshot = load_snapshot(self.tables_dir, run, self.cache_dir)
-            except Exception as err:
-                log.exception(
-                    "run %s could not be loaded; still serving %s",
-                    run.run_id,
-                    served.run_id if served else "nothing",
-                )
-                self.failed = (run, f"{type(err).__name__}: {err}")
-                return False
-            self.current = snapshot  # the swap: one reference assignment
+            # The latest run's failure is what /healthz reports, even when an older one loads.
             self.failed = None
-            self.swaps += 1
-            log.info(
-                "serving run %s (%s) after %.2f s; was %s",
-                run.run_id,
-                run.key,
-                time.perf_counter() - started,
-                served.run.key if served else "nothing",
-            )
-            # The previous build stays for requests still holding it; older ones go.
-            prune_cache(self.cache_dir, {run.key} | ({served.run.key} if served else set()))
-            return True
+            for run in runs if served is None else runs[:1]:
+                try:
+                    self._swap_to(run, served)
+                    return True
+                except Exception as err:
+                    log.exception(
+                        "run %s could not be loaded; still serving %s",
+                        run.run_id,
+                        served.run_id if served else "nothing",
+                    )
+                    self.failed = self.failed or (run, f"{type(err).__name__}: {err}")
+            return False
+
+    def _swap_to(self, run: PublishedRun, served: Snapshot | None) -> None:
+        started = time.perf_counter()
+        snapshot = load_snapshot(self.tables_dir, run, self.cache_dir)
+        self.current = snapshot  # the swap: one reference assignment
+        self.swaps += 1
+        log.info(
+            "serving run %s (%s) after %.2f s; was %s",
+            run.run_id,
+            run.key,
+            time.perf_counter() - started,
+            served.run.key if served else "nothing",
+        )
+        # The previous build stays for requests still holding it; older ones go.
+        prune_cache(self.cache_dir, {run.key} | ({served.run.key} if served else set()))
 
     def refresh_forever(self, every_seconds: float, stop: threading.Event) -> None:
         while not stop.wait(every_seconds):

@@ -76,25 +76,30 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
 
 
-def latest_published_run(tables_dir: Location) -> PublishedRun | None:
-    """The most recently finished run that published every served table; None before any."""
+def published_runs(tables_dir: Location) -> list[PublishedRun]:
+    """Runs that published every served table, the most recently finished first."""
     runs_path = tables_dir / "runs"
     if not tables.is_table(runs_path):
-        return None
+        return []
     runs = tables.read_table(
         runs_path, columns=["run_id", "status", "finished_at", "table_versions"]
     )
     published = [r for r in runs.to_pylist() if r["status"] == "published" and r["table_versions"]]
+    servable = []
     for record in sorted(published, key=lambda r: r["finished_at"], reverse=True):
         versions = json.loads(record["table_versions"])
-        if all(name in versions for name in SERVED_TABLES):
-            return PublishedRun(record["run_id"], str(record["finished_at"]), versions)
-        log.warning(
-            "run %s published no %s: not servable",
-            record["run_id"],
-            [name for name in SERVED_TABLES if name not in versions],
-        )
-    return None
+        missing = [name for name in SERVED_TABLES if name not in versions]
+        if missing:
+            log.warning("run %s published no %s: not servable", record["run_id"], missing)
+            continue
+        servable.append(PublishedRun(record["run_id"], str(record["finished_at"]), versions))
+    return servable
+
+
+def latest_published_run(tables_dir: Location) -> PublishedRun | None:
+    """The most recently finished run that published every served table; None before any."""
+    runs = published_runs(tables_dir)
+    return runs[0] if runs else None
 
 
 # --- similar items: memory-mapped arrays ------------------------------------------------------

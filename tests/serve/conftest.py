@@ -1,0 +1,3 @@
+"""Fixtures of the service tests."""
+
+from tests.serve.published import published  # noqa: F401
