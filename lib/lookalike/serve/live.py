@@ -20,9 +20,9 @@ from lookalike.core.storage import Location
 from lookalike.serve.snapshot import (
     PublishedRun,
     Snapshot,
-    published_runs,
     load_snapshot,
     prune_cache,
+    published_runs,
 )
 
 log = logging.getLogger(__name__)
