@@ -183,3 +183,21 @@ def test_a_run_that_fails_to_load_leaves_the_old_one_serving(published, tmp_path
         assert health["serving"]["run_id"] == RUN_A
         assert health["last_load_error"]["run_id"] == run_b
         assert client.get("/v1/similar/SKU-001").json()["run_id"] == RUN_A
+
+
+def test_a_rollback_to_a_run_makes_the_service_serve_it_again(published, tmp_path):
+    from lookalike.rollback import rollback_to_run
+    from lookalike.serve.snapshot import SERVED_TABLES
+
+    run_b = "2026-12-02"
+    publish_tables(published, run_b, synthetic_tables(N_SKUS, 10, run_b, n_categories=30))
+    service = make_service(published, tmp_path)
+    assert service.live.refresh() and service.live.current.run_id == run_b
+    rollback_to_run(published / "tables", RUN_A, SERVED_TABLES, retire_later_runs=True)
+    assert service.live.refresh() is True
+    assert service.live.current.run_id == RUN_A
+    runs = {
+        r["run_id"]: r["status"]
+        for r in tables.read_table(published / "tables" / "runs").to_pylist()
+    }
+    assert runs == {RUN_A: "published", run_b: "rolled_back"}
