@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
 from conftest import SHARED_DATASETS
-from lookalike.config import MismatchSettings
+from lookalike.config import Config, MismatchSettings
+from lookalike.pipeline import RunContext
+from lookalike.reviews import record_mismatch_review
+from lookalike.stages import mismatches
 from lookalike.stages.mismatches import References, category_mismatches, flag_batch
 from lookalike.stages.report_page import write_duplicate_report
 
@@ -154,3 +160,96 @@ def test_real_photos_planted_in_a_wrong_category_are_found(spark, pretrained_wei
     assert set(planted) <= set(csv["sku_id"]) and len(csv) == len(flagged)
     # Most confident first: the planted shoes, all ten neighbors shoes, lead the list.
     assert csv["sku_id"].iloc[0] in planted and csv["suggested_share"].iloc[0] == 1.0
+
+
+# --- merchandisers' decisions: the stage's run on real Spark, a real mismatch_reviews table ---
+
+NOON = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def flagging_run(spark, tmp_path):
+    """A run whose embeddings flag exactly two listings: x (a shoe listed under hats) and w (a
+    hat listed under shoes); the four shoes and four hats each keep a neighbor of their own."""
+    ctx = RunContext(
+        Config().with_overrides(
+            output={"root": str(tmp_path)}, mismatches={"k": 3, "reference_per_category": 10}
+        ),
+        dt.date(2026, 12, 1),
+    )
+    rows = [(f"a{i}", "shoes", _unit(1, i / 10)) for i in range(4)]
+    rows += [(f"b{i}", "hats", _unit(i / 10, 1)) for i in range(4)]
+    rows += [("x", "hats", _unit(1, 0.05)), ("w", "shoes", _unit(0.05, 1))]
+    spark.createDataFrame(
+        [(sku, cat, True, "m1", [float(v) for v in vec]) for sku, cat, vec in rows],
+        "sku_id string, category string, is_active boolean, model_id string, "
+        "embedding array<float>",
+    ).write.parquet(str(ctx.layout.embeddings))
+
+    def run() -> tuple[set[str], int]:
+        counts = mismatches.run(spark, ctx)
+        flagged = set(pd.read_parquet(ctx.layout.category_mismatches)["sku_id"])
+        assert counts["flagged"] == len(flagged)
+        return flagged, counts["suppressed_by_review"]
+
+    return run, ctx.layout.table("mismatch_reviews")
+
+
+@pytest.mark.slow
+def test_a_category_ok_decision_suppresses_the_flag_in_the_same_category(flagging_run):
+    run, reviews = flagging_run
+    assert run() == ({"x", "w"}, 0)  # no reviews table yet
+    record_mismatch_review(reviews, "x", "hats", "shoes", "category_ok", reviewer="ann")
+    assert run() == ({"w"}, 1)
+
+
+@pytest.mark.slow
+def test_a_category_ok_decided_under_another_category_does_not_suppress(flagging_run):
+    run, reviews = flagging_run
+    # Decided while x was listed under shoes; the catalog has moved it to hats since.
+    record_mismatch_review(reviews, "x", "shoes", "hats", "category_ok", decided_at=NOON)
+    assert run() == ({"x", "w"}, 0)
+
+
+@pytest.mark.slow
+def test_wrong_category_keeps_the_flag_and_the_latest_decision_wins(flagging_run):
+    run, reviews = flagging_run
+    later = NOON + dt.timedelta(hours=1)
+    # x: a false alarm at first, then agreed: flagged. w: the other way round: suppressed.
+    record_mismatch_review(reviews, "x", "hats", "shoes", "category_ok", decided_at=NOON)
+    record_mismatch_review(reviews, "x", "hats", "shoes", "wrong_category", decided_at=later)
+    record_mismatch_review(reviews, "w", "shoes", "hats", "wrong_category", decided_at=NOON)
+    record_mismatch_review(reviews, "w", "shoes", "hats", "category_ok", decided_at=later)
+    assert run() == ({"x"}, 1)
+
+
+def test_record_mismatch_review_refuses_a_bad_row_and_writes_a_good_one(tmp_path):
+    table = tmp_path / "mismatch_reviews"
+    with pytest.raises(ValueError, match="got 'not_a_shoe'"):
+        record_mismatch_review(table, "x", "hats", "shoes", "not_a_shoe")
+    with pytest.raises(ValueError, match="needs a sku_id, got ' '"):
+        record_mismatch_review(table, " ", "hats", "shoes", "category_ok")
+    with pytest.raises(ValueError, match="needs the listing's category, got ''"):
+        record_mismatch_review(table, "x", "", "shoes", "wrong_category")
+    assert not DeltaTable.is_deltatable(str(table))  # nothing refused was written
+    assert record_mismatch_review(table, " x ", "hats", "shoes", "wrong_category", "bo") == 0
+    assert record_mismatch_review(table, "y", "hats", None, "category_ok") == 1
+    rows = DeltaTable(str(table)).to_pandas().sort_values("sku_id")
+    assert rows[["sku_id", "category", "suggested_category", "decision", "reviewer"]].to_dict(
+        "records"
+    ) == [
+        {
+            "sku_id": "x",
+            "category": "hats",
+            "suggested_category": "shoes",
+            "decision": "wrong_category",
+            "reviewer": "bo",
+        },
+        {
+            "sku_id": "y",
+            "category": "hats",
+            "suggested_category": None,
+            "decision": "category_ok",
+            "reviewer": None,
+        },
+    ]

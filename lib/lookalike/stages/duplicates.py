@@ -20,7 +20,9 @@ while other photos of the same product type do not (``benchmarks/duplicates_qual
 recall 0.845 -> 0.922, precision 1.000 -> 0.994). Embeddings without it (synthetic ones) use the
 vector itself.
 Merchandisers' decisions in ``duplicate_reviews`` come last: a pair marked ``not_duplicate``
-is dropped, a ``confirmed`` pair is kept whatever the evidence says tonight.
+is dropped, a ``confirmed`` pair is kept whatever the evidence says tonight, and a listing
+marked ``canonical`` (a row naming it twice, sku_id_a == sku_id_b) is its cluster's canonical
+listing. The latest decision on a pair wins; a canonical decision is never a pair.
 
 *Shared photos* come first: one image (the same bytes, or the same pixels re-encoded) shown
 by at least ``shared_photo_min_listings`` listings that differ (more than one category, or
@@ -33,8 +35,11 @@ Accepted pairs are joined into clusters by connected components, computed with S
 with a guard against chaining: every member must be close to its cluster's canonical listing
 (same bytes, cosine at least ``chain_min_similarity``, or a ``confirmed`` review) and not
 marked ``not_duplicate`` with it; members that are not are detached and clustered again
-among themselves. The canonical listing: active first,
-then the oldest (``updated_at``), then the one with a title, then the smallest sku_id.
+among themselves. The canonical listing: a merchandiser's choice first (the latest
+``canonical`` decision when two members of a cluster have one), then the active one, then the
+oldest (``updated_at``), then the one with a title, then the smallest sku_id. The guard measures
+closeness to that listing whoever chose it, so a reviewer's choice can detach members that were
+close only to the listing the rule would have chosen.
 """
 
 from __future__ import annotations
@@ -117,14 +122,26 @@ def cluster_id_of(component: F.Column) -> F.Column:
 REVIEWS_SCHEMA = from_arrow_schema(tables.REVIEWS_SCHEMA)
 NOT_DUPLICATE = "not_duplicate"
 CONFIRMED = "confirmed"
-DECISIONS = (NOT_DUPLICATE, CONFIRMED)
+CANONICAL = "canonical"
+# DECISIONS keeps the meaning it always had, the decisions on a pair of two listings (what
+# ``latest_decisions`` reads and ``lookalike review`` offers); CANONICAL names one listing, so
+# it is apart. ALL_DECISIONS is every value a ``duplicate_reviews`` row may hold (the review app).
+PAIR_DECISIONS = (NOT_DUPLICATE, CONFIRMED)
+DECISIONS = PAIR_DECISIONS
+ALL_DECISIONS = (NOT_DUPLICATE, CONFIRMED, CANONICAL)
 
 
 def latest_decisions(reviews_df: DataFrame) -> DataFrame:
-    """(sku_id_a < sku_id_b, decision): each pair's latest review, whichever way it was typed."""
+    """(sku_id_a < sku_id_b, decision): each pair's latest review, whichever way it was typed.
+
+    Only pair decisions on two different listings: a ``canonical`` row (a == b) is no pair, and
+    a hand-written pair decision naming one listing twice would make a listing its own pair.
+    """
     latest_first = Window.partitionBy("sku_id_a", "sku_id_b").orderBy(F.col("decided_at").desc())
     return (
-        reviews_df.filter(F.col("decision").isin(*DECISIONS))
+        reviews_df.filter(
+            F.col("decision").isin(*PAIR_DECISIONS) & (F.col("sku_id_a") != F.col("sku_id_b"))
+        )
         .select(
             F.least("sku_id_a", "sku_id_b").alias("sku_id_a"),
             F.greatest("sku_id_a", "sku_id_b").alias("sku_id_b"),
@@ -152,9 +169,35 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
     return merge_pairs(kept, confirmed)
 
 
-def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFrame:
-    """Components with each one's canonical listing (the documented rule) and category."""
+def canonical_choices(reviews_df: DataFrame) -> DataFrame:
+    """(sku_id, chosen_at): listings a merchandiser chose as canonical, with the latest time.
+
+    Kept per listing, not per cluster: clusters are tonight's, and a choice made in last
+    week's cluster still applies to whichever cluster the listing is in now.
+    """
+    return (
+        reviews_df.filter(
+            (F.col("decision") == CANONICAL) & (F.col("sku_id_a") == F.col("sku_id_b"))
+        )
+        .groupBy(F.col("sku_id_a").alias("sku_id"))
+        .agg(F.max("decided_at").alias("chosen_at"))
+    )
+
+
+def _with_canonical(
+    components_df: DataFrame, catalog_df: DataFrame, choices_df: DataFrame | None = None
+) -> DataFrame:
+    """Components with each one's canonical listing (the documented rule) and category.
+
+    ``choices_df`` (``canonical_choices``) puts a merchandiser's choice first, the latest
+    choice first among several; without one the rule decides, as before there were choices.
+    """
+    if choices_df is None:
+        choices_df = components_df.sparkSession.createDataFrame(
+            [], "sku_id string, chosen_at timestamp"
+        )
     canonical_first = Window.partitionBy("component").orderBy(
+        F.col("chosen_at").desc_nulls_last(),
         F.col("is_active").desc(),
         F.col("updated_at").asc_nulls_last(),
         F.col("has_title").desc(),
@@ -169,6 +212,7 @@ def _with_canonical(components_df: DataFrame, catalog_df: DataFrame) -> DataFram
     )
     return (
         components_df.join(listings, "sku_id")
+        .join(F.broadcast(choices_df.select("sku_id", "chosen_at")), "sku_id", "left")
         .withColumn("canonical_sku_id", F.first("sku_id").over(canonical_first))
         .select("sku_id", "component", "canonical_sku_id", "category")
     )
@@ -220,11 +264,13 @@ def duplicate_clusters(
     run_id: str,
     chain_min_similarity: float,
     decisions_df: DataFrame | None = None,
+    choices_df: DataFrame | None = None,
     max_rounds: int = 5,
 ) -> DataFrame:
     """duplicate_clusters rows: one per listing in a cluster, with its canonical listing.
 
-    ``pairs_df`` are the accepted pairs (after ``apply_decisions``). Each round clusters the
+    ``pairs_df`` are the accepted pairs (after ``apply_decisions``); ``choices_df`` the
+    merchandisers' canonical listings (``canonical_choices``). Each round clusters the
     remaining pairs, keeps the members close to their canonical listing, and sends the
     others (with the pairs among them) to the next round: a chain A~B~C with A far from C
     never puts A and C in one cluster.
@@ -241,7 +287,7 @@ def duplicate_clusters(
         if components_df.isEmpty():
             break
         members_df = _closeness_to_canonical(
-            _with_canonical(components_df, catalog_df), embeddings_df, decisions_df
+            _with_canonical(components_df, catalog_df, choices_df), embeddings_df, decisions_df
         )
         close = (F.col("sku_id") == F.col("canonical_sku_id")) | (
             F.coalesce(F.col("decision"), F.lit("")) != NOT_DUPLICATE
@@ -347,7 +393,10 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     manifest_df = read(spark, ctx.layout.index_manifest, "duplicates")
     catalog_df = read(spark, ctx.layout.catalog, "duplicates")
     settings = ctx.config.duplicates
-    decisions_df = latest_decisions(_reviews(spark, ctx)).localCheckpoint()
+    # Read once: the pair decisions and the canonical choices both come from these rows.
+    reviews_df = _reviews(spark, ctx).localCheckpoint()
+    decisions_df = latest_decisions(reviews_df).localCheckpoint()
+    choices_df = canonical_choices(reviews_df).localCheckpoint()
     # Placeholders first: their listings are no evidence of anything, for any kind of pair.
     n_shared = write(
         shared_photos(
@@ -401,6 +450,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         run_id=ctx.run_id,
         chain_min_similarity=settings.chain_min_similarity,
         decisions_df=decisions_df,
+        choices_df=choices_df,
     )
     n_members = write(clusters_df, ctx.layout.duplicate_clusters)
     written_df = read(spark, ctx.layout.duplicate_clusters, "duplicates")
@@ -415,6 +465,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "pairs": n_pairs,
         **dict(sorted(by_evidence.items())),
         "reviews_applied": decisions_df.count(),
+        "canonical_choices": choices_df.count(),
         "clusters": written_df.select("cluster_id").distinct().count(),
         "listings_in_clusters": n_members,
         "shared_photo_groups": shared_df.select("group_id").distinct().count(),

@@ -24,6 +24,14 @@ a different question of the same vectors: for every active listing, which catego
   the mean similarity to the suggesting neighbors, the best similarity to the own category's
   references, and the neighbors themselves (sku ids and categories, nearest first).
 
+Merchandisers' decisions in ``mismatch_reviews`` (``lookalike.reviews.record_mismatch_review``,
+read only here) come last, each listing's latest one: ``category_ok`` (a false alarm) drops the
+flag for as long as the listing keeps the category it had when decided; moved to another
+category, it is a new question and may be flagged again. ``wrong_category`` (agreed) changes
+nothing here: the listing stays flagged while tonight's evidence says so, until the catalog
+changes its category. A decision never creates a flag the evidence does not raise. The stage
+counts the flags it dropped (``suppressed_by_review``).
+
 A limit worth knowing: listings mislabelled together (one seller putting twenty shoes under
 "dress") vouch for each other once they make up more than ``1 - min_share`` of a listing's
 nearest references; a small reference sample of the wrong category makes that less likely, not
@@ -42,6 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike import tables
 from lookalike.config import MismatchSettings
 from lookalike.core.ann import best_of
 from lookalike.stages.common import read, write
@@ -67,6 +76,10 @@ MISMATCH_SCHEMA = T.StructType(
         T.StructField("run_id", T.StringType(), False),
     ]
 )
+
+WRONG_CATEGORY = "wrong_category"
+CATEGORY_OK = "category_ok"
+MISMATCH_DECISIONS = (WRONG_CATEGORY, CATEGORY_OK)
 
 _QUERY_BATCH = 1024  # queries per matrix product: 1024 x references floats of scores
 
@@ -169,6 +182,37 @@ def category_mismatches(
     )
 
 
+# --- merchandisers' decisions ----------------------------------------------------------------
+
+
+def latest_mismatch_decisions(reviews_df: DataFrame) -> DataFrame:
+    """(sku_id, category, decision): each listing's latest decision, with the category it had.
+
+    Per listing, not per (listing, category): a later answer replaces an earlier one, whatever
+    category either was given in.
+    """
+    latest_first = Window.partitionBy("sku_id").orderBy(F.col("decided_at").desc())
+    return (
+        reviews_df.filter(F.col("decision").isin(*MISMATCH_DECISIONS))
+        .withColumn("_n", F.row_number().over(latest_first))
+        .filter("_n = 1")
+        .select("sku_id", "category", "decision")
+    )
+
+
+def without_false_alarms(flagged_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
+    """The flags a merchandiser has not already called a false alarm in the same category."""
+    false_alarms = decisions_df.filter(F.col("decision") == CATEGORY_OK).select(
+        "sku_id", "category"
+    )
+    return flagged_df.join(F.broadcast(false_alarms), ["sku_id", "category"], "left_anti")
+
+
+def _mismatch_reviews(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """The merchandisers' ``mismatch_reviews`` table (read only); None before the first one."""
+    return tables.read_with_spark(spark, ctx.layout.table("mismatch_reviews"))
+
+
 # --- the stage --------------------------------------------------------------------------------
 
 
@@ -179,9 +223,19 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         flagged_df = category_mismatches(embeddings_df, settings=settings, run_id=ctx.run_id)
     else:  # an empty table, so the report and the published table still say "none"
         flagged_df = spark.createDataFrame([], MISMATCH_SCHEMA)
+    reviews_df = _mismatch_reviews(spark, ctx)
+    n_suppressed = 0
+    if reviews_df is not None:
+        # The flags are few; kept, they are counted before and after without a second search.
+        flagged_df = flagged_df.localCheckpoint()
+        n_before = flagged_df.count()
+        flagged_df = without_false_alarms(flagged_df, latest_mismatch_decisions(reviews_df))
     n_flagged = write(flagged_df, ctx.layout.category_mismatches)
+    if reviews_df is not None:
+        n_suppressed = n_before - n_flagged
     written_df = read(spark, ctx.layout.category_mismatches, "mismatches")
     return {
         "flagged": n_flagged,
+        "suppressed_by_review": n_suppressed,
         "categories_with_flags": written_df.select("category").distinct().count(),
     }
