@@ -57,7 +57,11 @@ def build_parser(stages: tuple[str, ...] = STAGES) -> argparse.ArgumentParser:
     )
     review.add_argument("sku_id_a")
     review.add_argument("sku_id_b")
-    review.add_argument("decision", choices=("not_duplicate", "confirmed"))
+    review.add_argument(
+        "decision",
+        choices=("not_duplicate", "confirmed", "canonical"),
+        help="canonical: name one listing twice (it leads its cluster)",
+    )
     review.add_argument("--reviewer", help="who decided (kept with the decision)")
     review.add_argument("--conf", default="conf/default.yaml", help="configuration YAML file")
     review.add_argument("--output", help=OUTPUT_HELP)

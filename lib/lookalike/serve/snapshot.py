@@ -151,14 +151,20 @@ class SimilarItems:
         start, end = int(self.starts[i]), int(self.starts[i + 1])
         end = min(end, start + k)
         rows = self._rows
-        similar = rows["similar"][start:end]
+        # Slices as lists: one conversion per array, not one numpy scalar per value.
+        similar = rows["similar"][start:end].tolist()
+        ranks = rows["rank"][start:end].tolist()
+        scores = rows["score"][start:end].tolist()
+        categories = rows["category"][start:end].tolist()
+        models = rows["model"][start:end].tolist()
+        keys = self.keys
         return [
             SimilarItem(
-                sku_id=self.sku_at(int(similar[j])),
-                rank=int(rows["rank"][start + j]),
-                score=float(rows["score"][start + j]),
-                category=self.categories[int(rows["category"][start + j])],
-                model_id=self.models[int(rows["model"][start + j])],
+                sku_id=keys[similar[j]].decode("utf-8"),
+                rank=ranks[j],
+                score=scores[j],
+                category=self.categories[categories[j]],
+                model_id=self.models[models[j]],
             )
             for j in range(end - start)
         ]
