@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The service tests' `published` fixture (one synthetic published run), for every test directory:
+# a second conftest.py would shadow this one for the tests that import `conftest` by name.
+pytest_plugins = ["tests.serve.published"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
