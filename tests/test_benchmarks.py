@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,15 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"^20 +# +#ms +# +#ms$",
     ),
     "real_vectors.py": (r"# photos embedded \(1280-d", "read back: # vectors of 1280"),
+    "serve_latency.py": (
+        r"published 3,000 SKUs x 10 = 30,000 similar items",
+        r"workers=1 memory: RSS # MB \(own # MB \+ mapped files # MB\)",
+        r"^ +8 +# +# +# +# +# +0$",
+        r"Delta filtered scan +p50 # ms .*: x# the service's p50",
+        r"served by a worker # s and by every worker # s after its commit",
+        r"errors during the swap: 0$",
+        r"target p99 <= 5 ms at >= 2000 req/s: (met|not met)",
+    ),
     "shared_photos.py": (
         r"catalog: # listings \(seed #\)",
         r"placeholder listings set apart: +# of #",
@@ -119,6 +129,8 @@ DATASETS_OF = {
 }
 # Scripts that measure an S3 store (the object-storage tests' store, LOOKALIKE_TEST_S3).
 NEEDS_S3 = {"object_storage.py"}
+# Scripts driving a load generator (.ci/run installs it): script -> the program.
+NEEDS_PROGRAM = {"serve_latency.py": "wrk"}
 # Scripts embedding with the ImageNet weights (`make venv` installs them).
 PRETRAINED = {
     "category_mismatch.py",
@@ -150,6 +162,9 @@ def test_smoke_run_prints_its_figures(script: Path) -> None:
             f"{script.name} needs an S3 store: LOOKALIKE_TEST_S3=s3://bucket with AWS_* "
             '(eval "$(.ci/ceph-s3.sh)" starts one)'
         )
+    program = NEEDS_PROGRAM.get(script.name)
+    if program and shutil.which(program) is None:
+        pytest.skip(f"{script.name} needs {program} on PATH (apt-get install {program})")
     if script.name in PRETRAINED and not _weights().exists():
         pytest.skip(f"{script.name} needs the pretrained weights at {_weights()}: `make venv`")
     command = [sys.executable, str(script), "--smoke"]
