@@ -23,6 +23,7 @@ mismatches are small (a share of the catalog) and kept as plain Python objects.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -381,27 +382,13 @@ def load_snapshot(tables_dir: Location, run: PublishedRun, cache_dir: Path) -> S
             ) from err
 
     folder = cache_dir / run.key
-    if (folder / "meta.json").exists():
-        similar = SimilarItems(folder)
-    else:
-        catalog_ids = read("catalog", ["sku_id"])["sku_id"]
-        rows = read(
-            "similar_items",
-            ["sku_id", "rank", "similar_sku_id", "score", "category", "model_id", "run_id"],
-        )
-        building = cache_dir / f".{run.key}.{uuid.uuid4().hex[:8]}"
-        building.mkdir(parents=True)
-        try:
-            build_similar_items(rows, catalog_ids, run.run_id, building)
-            try:
-                os.rename(building, folder)
-            except OSError:  # another process finished the same build first: use theirs
-                if not (folder / "meta.json").exists():
-                    raise
-        finally:
-            if building.exists():
-                shutil.rmtree(building, ignore_errors=True)
-        similar = SimilarItems(folder)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One build per run for all the workers sharing cache_dir: the others wait, then map it.
+    with open(cache_dir / f".{run.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "meta.json").exists():
+            _build_into(folder, read, run.run_id)
+    similar = SimilarItems(folder)
     clusters = clusters_of(read("duplicate_clusters"))
     mismatches = mismatches_of(read("category_mismatches"))
     reviewed = sorted(
@@ -425,6 +412,31 @@ def load_snapshot(tables_dir: Location, run: PublishedRun, cache_dir: Path) -> S
     )
 
 
+def _build_into(folder: Path, read, run_id: str) -> None:
+    """Build the similar-items arrays beside ``folder``, then rename them into place."""
+    catalog_ids = read("catalog", ["sku_id"])["sku_id"]
+    rows = read(
+        "similar_items",
+        ["sku_id", "rank", "similar_sku_id", "score", "category", "model_id", "run_id"],
+    )
+    building = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    building.mkdir()
+    try:
+        build_similar_items(rows, catalog_ids, run_id, building)
+        try:
+            os.rename(building, folder)
+        except OSError:  # a process not sharing the lock finished the same build first
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+        del rows, catalog_ids
+        # Arrow's allocator keeps the build's ~1 GB (at 1M SKUs) for reuse unless told: the
+        # service answers from the mapped files and has no use for it.
+        pa.default_memory_pool().release_unused()
+
+
 def prune_cache(cache_dir: Path, keep: set[str]) -> None:
     """Delete snapshot folders other than ``keep`` (mapped files stay readable until unmapped)."""
     if not cache_dir.is_dir():
@@ -432,3 +444,5 @@ def prune_cache(cache_dir: Path, keep: set[str]) -> None:
     for entry in cache_dir.iterdir():
         if entry.is_dir() and entry.name not in keep and not entry.name.startswith("."):
             shutil.rmtree(entry, ignore_errors=True)
+        elif entry.suffix == ".lock" and entry.name[1:-5] not in keep:
+            entry.unlink(missing_ok=True)
