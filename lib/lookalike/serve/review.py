@@ -44,7 +44,7 @@ from lookalike.reviews import record_mismatch_review, record_review
 from lookalike.serve import auth
 from lookalike.serve.app import HTTPError, Service, int_param
 from lookalike.serve.snapshot import Cluster, Mismatch, Snapshot
-from lookalike.stages.report_page import thumbnail_jpeg
+from lookalike.stages.report_page import html_templates, thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("lookalike.serve.audit")
@@ -64,15 +64,8 @@ _SECURITY_HEADERS = {
 }
 
 
-@functools.lru_cache(maxsize=1)
 def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("lookalike", "templates/review"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    return html_templates("templates/review")
 
 
 def _page(name: str, http_status: int = 200, **context) -> HTMLResponse:

@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,7 +215,7 @@ def write_duplicate_report(
         evidence_counts.update(_evidence_kinds(rows["evidence"].iloc[0]))
 
     html = (
-        _environment()
+        html_templates()
         .get_template(HTML_NAME)
         .render(
             run_id=run_id,
@@ -454,10 +454,11 @@ def _flatten_to_rgb(image: Image.Image) -> Image.Image:
     return paper
 
 
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@cache
+def html_templates(folder: str = "templates") -> jinja2.Environment:
+    """The Jinja environment of one package template folder (the report's, the review app's)."""
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("lookalike", "templates"),
+        loader=jinja2.PackageLoader("lookalike", folder),
         # Titles, sku_ids and categories are seller text: escape everything, whatever the
         # template's file name, and never mark any of it safe.
         autoescape=True,
