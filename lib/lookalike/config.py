@@ -101,6 +101,10 @@ class EmbedSettings(_Section):
     arrow_batch_size: int = Field(default=256, ge=1)
     # Reuse a stored vector when the image's content hash and the model id are unchanged.
     incremental: bool = True
+    # With incremental: an image whose URI, size and modification time (and inode, or object
+    # store file info) are those of its stored vector is not read at all; false reads and
+    # hashes every image (for a store whose files are rewritten in place, same size and time).
+    reuse_by_listing: bool = True
     # Threads decoding images while the model runs; 0: 1 on the CPU (the model uses the
     # cores), 4 next to a GPU (decoding is then the bottleneck).
     decode_threads: int = Field(default=0, ge=0, le=64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,11 @@ def runs(spark, tmp_path_factory):
         return ctx, run_stage("embed", spark, ctx)
 
     first = run(DAY1)
-    # Overnight: one photo replaced, one SKU new, one SKU gone.
+    # Overnight: one photo replaced, one touched (same bytes, a newer time), one SKU new, one
+    # SKU gone.
     _photo(folder / "images" / "p3.jpg", seed=99)
+    touched = folder / "images" / "p7.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     _photo(folder / "images" / "new.jpg", seed=100)
     skus["SKU-NEW"] = "images/new.jpg"
     del skus["SKU-05"]
@@ -84,11 +88,11 @@ def runs(spark, tmp_path_factory):
     second = run(DAY2)
     other_model = config.with_overrides(model={"image_size": 192})
     third = run(DAY3, other_model)
-    return first, second, third
+    return first, second, third, folder
 
 
 def test_first_run_embeds_every_readable_image(runs):
-    (ctx, result), _, _ = runs
+    (ctx, result), _, _, _ = runs
     counts = result.counts
     assert counts["images"] == 14
     assert counts["embedded"] == 13
@@ -102,7 +106,7 @@ def test_first_run_embeds_every_readable_image(runs):
 
 
 def test_unchanged_images_reuse_the_stored_vector_exactly(runs):
-    (day1, _), (day2, result), _ = runs
+    (day1, _), (day2, result), _, folder = runs
     counts = result.counts
     # 10 unchanged SKUs and the copy reuse their vectors; the replaced photo and the new
     # SKU are embedded.
@@ -110,6 +114,13 @@ def test_unchanged_images_reuse_the_stored_vector_exactly(runs):
     assert counts["embedded"] == 2
     assert counts["rejected"] == 1
     assert counts["vectors"] == 13
+    # The listing alone settles 10 of them (no byte read); the touched photo is read, and its
+    # bytes hash as before.
+    assert counts["reused_by_listing"] == 10
+    assert counts["reused_by_content"] == 1
+    read = ["p3.jpg", "p7.jpg", "new.jpg", "broken.jpg"]
+    assert counts["hashed"] == len(read)
+    assert counts["bytes_hashed"] == sum((folder / "images" / n).stat().st_size for n in read)
     before, after = _embeddings(day1), _embeddings(day2)
     assert "SKU-05" not in after.index and "SKU-NEW" in after.index
     for sku in after.index.difference(["SKU-03", "SKU-NEW"]):
@@ -121,15 +132,27 @@ def test_unchanged_images_reuse_the_stored_vector_exactly(runs):
 
 
 def test_rejects_of_an_incremental_run_are_still_reported(runs):
-    _, (day2, _), _ = runs
+    _, (day2, _), _, _ = runs
     rejects = pd.read_parquet(day2.layout.rejects("embed"))
     assert rejects[["sku_id", "stage", "reason"]].values.tolist() == [
         ["SKU-BROKEN", "embed", "image_not_an_image"]
     ]
 
 
+def test_vectors_record_where_their_image_was_and_its_listing(runs):
+    (day1, _), (day2, _), _, folder = runs
+    after = _embeddings(day2)
+    p3 = (folder / "images" / "p3.jpg").stat()
+    assert after.loc["SKU-03", "image_uri"] == str(folder / "images" / "p3.jpg")
+    assert after.loc["SKU-03", "image_version"] == (
+        f"size={p3.st_size};mtime_ns={p3.st_mtime_ns};ino={p3.st_ino}"
+    )
+    # The touched photo's vector is the stored one, under tonight's listing.
+    assert after.loc["SKU-07", "image_version"] != _embeddings(day1).loc["SKU-07", "image_version"]
+
+
 def test_a_new_model_re_embeds_everything(runs):
-    _, (day2, _), (day3, result) = runs
+    _, (day2, _), (day3, result), _ = runs
     assert result.counts["reused"] == 0
     assert result.counts["embedded"] == 13
     assert set(_embeddings(day3)["model_id"]) != set(_embeddings(day2)["model_id"])

@@ -447,6 +447,10 @@ def test_embed_of_an_empty_catalog_writes_empty_outputs(spark, tmp_path):
         "vectors": 0,
         "embedded": 0,
         "reused": 0,
+        "reused_by_listing": 0,
+        "reused_by_content": 0,
+        "hashed": 0,
+        "bytes_hashed": 0,
         "rejected": 0,
     }
     embeddings_df = spark.read.parquet(str(ctx.layout.embeddings))

@@ -128,28 +128,75 @@ def read_bytes(uri: str, limits: ImageLimits) -> bytes:
     return data
 
 
+def image_version(uri: str, limits: ImageLimits) -> str:
+    """What the file's listing says of it, without reading a byte: ``size=...;mtime_ns=...``
+    (and the inode of a local file, which a replace-by-rename changes).
+
+    Equal versions of the same URI mean the same bytes as long as nothing rewrites a file in
+    place with the same size and modification time (what ``make`` and ``rsync`` assume too);
+    the embed stage reads and hashes only the images whose version changed. Raises
+    ImageRejected for what ``read_bytes`` would refuse before reading (outside the roots,
+    missing, a folder, too large, empty).
+    """
+    path = local_path(uri)
+    try:
+        if path is None:
+            _, _, info = _remote_file(uri, limits)
+            size, mtime_ns, identity = info.size, info.mtime_ns, ""
+        else:
+            listed = os.stat(_inside_local_roots(uri, path, limits))
+            _check_listed(uri, listed, limits)
+            size, mtime_ns, identity = listed.st_size, listed.st_mtime_ns, f";ino={listed.st_ino}"
+    except ImageRejected:
+        raise
+    except FileNotFoundError:
+        raise ImageRejected(IMAGE_NOT_FOUND, f"no such file: {uri}") from None
+    except (OSError, ValueError) as err:
+        raise ImageRejected(IMAGE_UNREADABLE, f"{type(err).__name__}: {err}") from None
+    if size == 0:
+        raise ImageRejected(IMAGE_EMPTY, "0 bytes")
+    return f"size={size};mtime_ns={mtime_ns}{identity}"
+
+
 def _read_local(uri: str, path: str, limits: ImageLimits) -> bytes:
-    real = os.path.realpath(path)
-    if limits.roots:
-        local_roots = _real_local_roots(limits.roots)
-        if not any(_is_under(real, root) for root in local_roots):
-            raise ImageRejected(IMAGE_OUTSIDE_ROOTS, _outside_detail(uri, real, local_roots))
+    real = _inside_local_roots(uri, path, limits)
     # The resolved path is opened, without following a link at its end, so a symlink swapped
     # in after the check is refused; non-blocking so a FIFO cannot hang the task.
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(real, flags)
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageRejected(IMAGE_NOT_FOUND, f"a directory, not a file: {uri}")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageRejected(IMAGE_UNREADABLE, f"not a regular file: {uri}")
-        if info.st_size > limits.max_bytes:
-            raise ImageRejected(IMAGE_TOO_LARGE, f"{info.st_size} bytes > {limits.max_bytes}")
+        _check_listed(uri, os.fstat(fd), limits)
         return handle.read(limits.max_bytes + 1)
 
 
 def _read_remote(uri: str, limits: ImageLimits) -> bytes:
+    filesystem, path, _ = _remote_file(uri, limits)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read(limits.max_bytes + 1)
+
+
+def _inside_local_roots(uri: str, path: str, limits: ImageLimits) -> str:
+    """The path with symlinks followed, or ImageRejected when it leads outside the roots."""
+    real = os.path.realpath(path)
+    if limits.roots:
+        local_roots = _real_local_roots(limits.roots)
+        if not any(_is_under(real, root) for root in local_roots):
+            raise ImageRejected(IMAGE_OUTSIDE_ROOTS, _outside_detail(uri, real, local_roots))
+    return real
+
+
+def _check_listed(uri: str, info: os.stat_result, limits: ImageLimits) -> None:
+    """What the file's metadata already rules out: a folder, a device or FIFO, an oversize file."""
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageRejected(IMAGE_NOT_FOUND, f"a directory, not a file: {uri}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageRejected(IMAGE_UNREADABLE, f"not a regular file: {uri}")
+    if info.st_size > limits.max_bytes:
+        raise ImageRejected(IMAGE_TOO_LARGE, f"{info.st_size} bytes > {limits.max_bytes}")
+
+
+def _remote_file(uri: str, limits: ImageLimits):
+    """(pyarrow filesystem, path, file info) of an object under the remote roots."""
     if limits.roots:
         normalised = _normalise_remote(uri)
         remote_roots = [_normalise_remote(r) for r in limits.roots if local_path(r) is None]
@@ -165,8 +212,7 @@ def _read_remote(uri: str, limits: ImageLimits) -> bytes:
         raise ImageRejected(IMAGE_NOT_FOUND, f"a directory, not an object: {uri}")
     if info.size is not None and info.size > limits.max_bytes:
         raise ImageRejected(IMAGE_TOO_LARGE, f"{info.size} bytes > {limits.max_bytes}")
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read(limits.max_bytes + 1)
+    return filesystem, path, info
 
 
 @lru_cache(maxsize=32)

@@ -4,9 +4,19 @@ The UDFs follow the Iterator pattern so that the model is built once per Python 
 reused across its batches (and across tasks, since Spark reuses Python workers). Images are
 read and decoded in the worker; a bad image becomes a reject reason, never a failed task.
 
-Incremental runs: a first, cheap pass reads each image's bytes and hashes them
-(``with_content_hashes``); images whose content hash already has a vector under the same
-model id reuse it (``reuse_stored_vectors``), and only the rest go through the network.
+Incremental runs read as little as they can, in three passes:
+
+1. ``with_image_versions`` asks each image's listing (size, modification time, inode: a
+   ``stat``, or the object store's file info) without reading a byte. A SKU whose image URI
+   and version are those of its stored vector under the same model id reuses it
+   (``reuse_listed_vectors``): an unchanged night reads no image at all.
+2. The images whose version changed are read and hashed (``with_content_hashes``); a content
+   hash that already has a vector under the model id reuses it (``reuse_stored_vectors``: a
+   file touched but not changed, a photo moved to another URI, a copy under another SKU).
+3. Only the rest go through the network.
+
+The stage's counts say how many vectors were reused by listing and by content, how many
+images were hashed and how many bytes that read.
 """
 
 from __future__ import annotations
@@ -15,13 +25,14 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from pyspark import Accumulator, AccumulatorParam, StorageLevel, TaskContext
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -33,7 +44,14 @@ from lookalike.core.embedding import (
     embed_uris,
     peak_rss_bytes,
 )
-from lookalike.core.images import ImageLimits, ImageRejected, content_hash, read_bytes
+from lookalike.core.images import (
+    ImageLimits,
+    ImageRejected,
+    content_hash,
+    image_version,
+    local_path,
+    read_bytes,
+)
 from lookalike.layout import RunLayout
 from lookalike.stages.common import counted, read, union, write
 from lookalike.stages.ingest import image_roots
@@ -42,6 +60,14 @@ log = logging.getLogger("lookalike")
 
 if TYPE_CHECKING:
     from lookalike.pipeline import RunContext
+
+VERSION_RESULT = T.StructType(
+    [
+        T.StructField("image_version", T.StringType()),
+        T.StructField("reject_reason", T.StringType()),
+        T.StructField("reject_detail", T.StringType()),
+    ]
+)
 
 HASH_RESULT = T.StructType(
     [
@@ -73,6 +99,10 @@ EMBEDDINGS_COLUMNS = (
     "category",
     "is_active",
     "content_hash",
+    # Where the vector's image was read and what its listing said (image_version): an
+    # unchanged URI and version reuse the vector without reading the image.
+    "image_uri",
+    "image_version",
     "model_id",
     "embedding",
     "rmac",
@@ -125,17 +155,53 @@ def make_embed_udf(
     return embed_images
 
 
-def make_hash_udf(limits: ImageLimits):
-    """The pandas UDF (image_uri) -> HASH_RESULT: the bytes' identity, or why they are bad."""
+# Object stores answer one file-info request per round trip: asked this many at a time.
+_REMOTE_LISTING_THREADS = 16
+
+
+def make_version_udf(limits: ImageLimits):
+    """The pandas UDF (image_uri) -> VERSION_RESULT: what the listing says, no byte read."""
+
+    def version(uri: str) -> tuple[str | None, str | None, str | None]:
+        try:
+            return image_version(uri, limits), None, None
+        except ImageRejected as rejected:
+            return None, rejected.reason, rejected.detail
+
+    @F.pandas_udf(VERSION_RESULT)
+    def list_images(uris: pd.Series) -> pd.DataFrame:
+        if any(local_path(uri) is None for uri in uris):
+            with ThreadPoolExecutor(_REMOTE_LISTING_THREADS) as pool:
+                rows = list(pool.map(version, uris))
+        else:
+            rows = [version(uri) for uri in uris]
+        return pd.DataFrame(rows, columns=[f.name for f in VERSION_RESULT.fields], dtype=object)
+
+    return list_images
+
+
+def make_hash_udf(
+    limits: ImageLimits,
+    images_read: Accumulator | None = None,
+    bytes_read: Accumulator | None = None,
+):
+    """The pandas UDF (image_uri) -> HASH_RESULT: the bytes' identity, or why they are bad.
+    The accumulators count the images and bytes read (once per image: the caller persists)."""
 
     @F.pandas_udf(HASH_RESULT)
     def hash_images(uris: pd.Series) -> pd.DataFrame:
-        rows = []
+        rows, n_bytes = [], 0
         for uri in uris:
             try:
-                rows.append((content_hash(read_bytes(uri, limits)), None, None))
+                data = read_bytes(uri, limits)
             except ImageRejected as rejected:
                 rows.append((None, rejected.reason, rejected.detail))
+                continue
+            n_bytes += len(data)
+            rows.append((content_hash(data), None, None))
+        if images_read is not None and bytes_read is not None:
+            images_read.add(len(uris))
+            bytes_read.add(n_bytes)
         return pd.DataFrame(rows, columns=[f.name for f in HASH_RESULT.fields], dtype=object)
 
     return hash_images
@@ -157,9 +223,28 @@ def with_embedding_results(
     )
 
 
-def with_content_hashes(catalog_df: DataFrame, limits: ImageLimits) -> DataFrame:
+def with_image_versions(catalog_df: DataFrame, limits: ImageLimits) -> DataFrame:
+    """The catalog plus a ``listed`` struct column (image version or reject reason) per SKU."""
+    return catalog_df.withColumn("listed", make_version_udf(limits)(F.col("image_uri")))
+
+
+def listed_images(versioned_df: DataFrame) -> DataFrame:
+    """The rows of ``with_image_versions`` whose image is there, with their ``image_version``."""
+    return versioned_df.filter(F.col("listed.reject_reason").isNull()).select(
+        *[c for c in versioned_df.columns if c != "listed"],
+        F.col("listed.image_version").alias("image_version"),
+    )
+
+
+def with_content_hashes(
+    catalog_df: DataFrame,
+    limits: ImageLimits,
+    images_read: Accumulator | None = None,
+    bytes_read: Accumulator | None = None,
+) -> DataFrame:
     """The catalog plus a ``hashed`` struct column (content hash or reject reason) per SKU."""
-    return catalog_df.withColumn("hashed", make_hash_udf(limits)(F.col("image_uri")))
+    hash_images = make_hash_udf(limits, images_read, bytes_read)
+    return catalog_df.withColumn("hashed", hash_images(F.col("image_uri")))
 
 
 def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
@@ -170,6 +255,8 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         "category",
         "is_active",
         F.col("embedded.content_hash").alias("content_hash"),
+        "image_uri",
+        _image_version(results_df),
         F.col("embedded.model_id").alias("model_id"),
         F.col("embedded.embedding").alias("embedding"),
         F.col("embedded.rmac").alias("rmac"),
@@ -179,6 +266,13 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
         F.current_timestamp().alias("embedded_at"),
     )
     return embeddings_df, image_rejects(results_df, "embedded", run_id)
+
+
+def _image_version(df: DataFrame) -> Column:
+    # Rows embedded without a listing pass (a hand-made catalog in a test) have no version.
+    if "image_version" in df.columns:
+        return F.col("image_version")
+    return F.lit(None).cast("string").alias("image_version")
 
 
 def image_rejects(results_df: DataFrame, column: str, run_id: str) -> DataFrame:
@@ -211,21 +305,37 @@ def reuse_stored_vectors(
     keys = ["sku_id", "content_hash"]
     stored = stored_df.filter(F.col("model_id") == model_id)
     readable = hashed_df.filter(F.col("hashed.reject_reason").isNull()).select(
-        "sku_id",
-        "category",
-        "image_uri",
-        "title",
-        "is_active",
-        *[c for c in hashed_df.columns if c == "updated_at"],
+        *[c for c in hashed_df.columns if c != "hashed"],
         F.col("hashed.content_hash").alias("content_hash"),
     )
-    # The catalog's own columns come from tonight's catalog, the rest from the stored row.
-    tonight = ("category", "is_active")
+    if "image_version" not in readable.columns:
+        readable = readable.withColumn("image_version", F.lit(None).cast("string"))
+    # The catalog's own columns and where tonight's image is come from tonight, the rest from
+    # the stored row.
+    tonight = ("category", "is_active", "image_uri", "image_version")
     reused_df = stored.select(*[c for c in EMBEDDINGS_COLUMNS if c not in tonight]).join(
         F.broadcast(readable.select(*keys, *tonight)), keys
     )
     todo_df = readable.join(stored.select(*keys), keys, "left_anti").drop("content_hash")
     return reused_df.select(*EMBEDDINGS_COLUMNS), todo_df
+
+
+def reuse_listed_vectors(
+    listed_df: DataFrame, stored_df: DataFrame, model_id: str
+) -> tuple[DataFrame, DataFrame]:
+    """Split ``listed_images`` rows into (reused embeddings, rows whose image may have changed).
+
+    A SKU reuses its stored vector, without its image being read, when the image URI and the
+    listing's version are the stored ones under the same model id.
+    """
+    keys = ["sku_id", "image_uri", "image_version"]
+    stored = stored_df.filter((F.col("model_id") == model_id) & F.col("image_version").isNotNull())
+    tonight = ("category", "is_active")
+    reused_df = stored.select(*[c for c in EMBEDDINGS_COLUMNS if c not in tonight]).join(
+        F.broadcast(listed_df.select(*keys, *tonight)), keys
+    )
+    changed_df = listed_df.join(stored.select(*keys), keys, "left_anti")
+    return reused_df.select(*EMBEDDINGS_COLUMNS), changed_df
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -242,6 +352,9 @@ def _stored_vectors(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
     if not earlier:
         return None
     stored_df = spark.read.parquet(str(RunLayout(ctx.layout.root, earlier[-1]).embeddings))
+    for name in ("image_uri", "image_version"):
+        if name not in stored_df.columns:  # vectors of a release before listings: hashed
+            stored_df = stored_df.withColumn(name, F.lit(None).cast("string"))
     missing = set(EMBEDDINGS_COLUMNS) - set(stored_df.columns)
     if missing:
         log.info("embed: run %s lacks %s; embedding everything", earlier[-1], sorted(missing))
@@ -263,18 +376,30 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         roots=tuple(image_roots(ctx, ctx.catalog_path())),
     )
     peak_rss = spark.sparkContext.accumulator(0, MaxParam())
+    images_hashed = spark.sparkContext.accumulator(0)
+    bytes_hashed = spark.sparkContext.accumulator(0)
     stored_df = _stored_vectors(spark, ctx) if settings.incremental else None
     vectors: list[DataFrame] = []
     rejects: list[DataFrame] = []
     persisted: list[DataFrame] = []
+    reused_listed = reused_hashed = None
     try:
-        if stored_df is None:
-            todo_df = catalog_df
-        else:
-            # A cheap pass first: hash every image's bytes; only new hashes reach the network.
-            hashed_df = with_content_hashes(catalog_df, limits).persist()
+        # What each image's listing says, no byte read; persisted, so each file is asked once.
+        versioned_df = with_image_versions(catalog_df, limits).persist()
+        persisted.append(versioned_df)
+        rejects.append(image_rejects(versioned_df, "listed", ctx.run_id))
+        todo_df = listed_images(versioned_df)
+        if stored_df is not None:
+            if settings.reuse_by_listing:
+                reused_df, todo_df = reuse_listed_vectors(todo_df, stored_df, spec.model_id)
+                reused_df, reused_listed = counted(reused_df, "reused_by_listing")
+                vectors.append(reused_df)
+            # Only the images whose listing changed are read, hashed and looked up by content.
+            hashed_df = with_content_hashes(todo_df, limits, images_hashed, bytes_hashed)
+            hashed_df = hashed_df.persist()
             persisted.append(hashed_df)
             reused_df, todo_df = reuse_stored_vectors(hashed_df, stored_df, spec.model_id)
+            reused_df, reused_hashed = counted(reused_df, "reused_by_content")
             vectors.append(reused_df)
             rejects.append(image_rejects(hashed_df, "hashed", ctx.run_id))
         n_todo = todo_df.count()
@@ -311,6 +436,10 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "vectors": n_vectors,
         "embedded": n_embedded,
         "reused": n_vectors - n_embedded,
+        "reused_by_listing": reused_listed.get["rows"] if reused_listed else 0,
+        "reused_by_content": reused_hashed.get["rows"] if reused_hashed else 0,
+        "hashed": images_hashed.value,
+        "bytes_hashed": bytes_hashed.value,
         "rejected": n_rejected,
         "worker_peak_rss_mb": round(peak_rss.value / 2**20),
     }
