@@ -31,6 +31,7 @@ from lookalike.core.images import (
     ImageRejected,
     content_hash,
     decode_rgb,
+    image_version,
     read_bytes,
     trim_uniform_border,
 )
@@ -932,3 +933,52 @@ def test_content_hash_differs_for_one_changed_byte():
     original = content_hash(bytes(data))
     data[-20] ^= 0x01
     assert content_hash(bytes(data)) != original
+
+
+# --- image_version: what the listing says, no byte read -------------------------------------
+
+
+def test_image_version_follows_the_listing_not_the_bytes(image_root):
+    path = Path(_write(image_root / "a.png", _encode(_noise(8, 8), "PNG")))
+    limits = _rooted(image_root)
+    first = image_version(str(path), limits)
+    assert image_version(str(path), limits) == first
+    assert image_version(path.as_uri(), _rooted(image_root.as_uri())) == first
+    listed = path.stat()
+    os.utime(path, ns=(listed.st_atime_ns, listed.st_mtime_ns + 10**9))  # touched, same bytes
+    touched = image_version(str(path), limits)
+    assert touched != first
+    # Replaced by a rename (how most tools write a file) with the same size and time: the
+    # inode still tells.
+    replacement = image_root / "a.png.new"
+    replacement.write_bytes(
+        _encode(_noise(8, 8, seed=1), "PNG")[: listed.st_size].ljust(listed.st_size, b"\0")
+    )
+    os.utime(replacement, ns=(listed.st_atime_ns, listed.st_mtime_ns + 10**9))
+    os.replace(replacement, path)
+    assert path.stat().st_size == listed.st_size
+    assert image_version(str(path), limits) != touched
+
+
+def test_image_version_refuses_what_read_bytes_refuses_before_reading(tmp_path, image_root):
+    limits = _rooted(image_root)
+    outside = _write(tmp_path / "elsewhere.png", _encode(_noise(8, 8), "PNG"))
+    (image_root / "link.png").symlink_to(outside)
+    (image_root / "empty.png").write_bytes(b"")
+    (image_root / "folder.png").mkdir()
+    big = _write(image_root / "big.png", b"x" * (MAX_BYTES + 1))
+    cases = {
+        outside: IMAGE_OUTSIDE_ROOTS,
+        str(image_root / "link.png"): IMAGE_OUTSIDE_ROOTS,
+        str(image_root / "missing.png"): IMAGE_NOT_FOUND,
+        str(image_root / "folder.png"): IMAGE_NOT_FOUND,
+        str(image_root / "empty.png"): IMAGE_EMPTY,
+        big: IMAGE_TOO_LARGE,
+    }
+    for uri, reason in cases.items():
+        with pytest.raises(ImageRejected) as excinfo:
+            image_version(uri, limits)
+        assert excinfo.value.reason == reason, uri
+        with pytest.raises(ImageRejected) as excinfo:
+            read_bytes(uri, limits)
+        assert excinfo.value.reason == reason, uri
