@@ -88,6 +88,13 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"errors during the swap: 0$",
         r"target p99 <= 5 ms at >= 2000 req/s: (met|not met)",
     ),
+    "unchanged_night.py": (
+        r"^300 images \(# MB\) made",
+        r"\(a\) hash every image: embed stage # s, hashed 300 images \(# MB read\), reused 300",
+        r"\(b\) by listing : embed stage # s, hashed 0 images \(0.0 MB read\), reused 300 "
+        r"\(300 by listing",
+        r"listing against hashing: time x#, bytes read 0 against #",
+    ),
     "shared_photos.py": (
         r"catalog: # listings \(seed #\)",
         r"placeholder listings set apart: +# of #",
