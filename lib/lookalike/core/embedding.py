@@ -15,7 +15,7 @@ from itertools import islice
 import pandas as pd
 
 from lookalike.core.backbones import Embedder, Views
-from lookalike.core.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_bytes
+from lookalike.core.images import ImageLimits, ImageRejected, content_hash, decode_rgb, read_image
 from lookalike.core.perceptual import phash_with_mirrored
 from lookalike.core.thumbnails import thumbnail
 
@@ -30,6 +30,7 @@ EMBED_COLUMNS = (
     "thumbnail",  # the grey thumbnail that settles undecided duplicate pairs
     "reject_reason",
     "reject_detail",
+    "image_version",  # what the listing said of the file read (lookalike.core.images)
 )
 
 _GPU_DECODE_THREADS = 4
@@ -54,15 +55,16 @@ def decode_threads(setting: int, embedder: Embedder) -> int:
 
 
 def _load(uri: str, embedder: Embedder, limits: ImageLimits) -> tuple[tuple, Views]:
-    """((content hash, pHash, mirrored pHash, thumbnail), the network's views) of one image.
+    """((content hash, pHash, mirrored pHash, thumbnail, image version), the network's views)
+    of one image.
 
     Raises ImageRejected if it cannot be used. The perceptual hashes, the thumbnail and every
     view are taken from the image decoded for the network, so they cost no second read or
     decode.
     """
-    data = read_bytes(uri, limits)
+    data, version = read_image(uri, limits)
     image = decode_rgb(data, limits.max_pixels, draft_size=embedder.draft_size)
-    keys = (content_hash(data), *phash_with_mirrored(image), thumbnail(image))
+    keys = (content_hash(data), *phash_with_mirrored(image), thumbnail(image), version)
     return keys, embedder.prepare_views(image)
 
 
@@ -97,13 +99,13 @@ def embed_uris(
             outputs = zip(vectors.numpy(), descriptors.numpy(), strict=True)
             for item in batch:
                 if isinstance(item, ImageRejected):
-                    rows.append((None,) * 7 + (item.reason, item.detail))
+                    rows.append((None,) * 7 + (item.reason, item.detail, None))
                 else:
-                    (digest, phash, mirrored, thumb), _ = item
+                    (digest, phash, mirrored, thumb, version), _ = item
                     vector, descriptor = next(outputs)
                     rows.append(
                         (digest, embedder.model_id, vector, descriptor, phash, mirrored, thumb)
-                        + (None, None)
+                        + (None, None, version)
                     )
     finally:
         if pool:

@@ -103,15 +103,23 @@ def local_path(uri: str) -> str | None:
 
 
 def read_bytes(uri: str, limits: ImageLimits) -> bytes:
-    """The file's bytes, or ImageRejected naming why they cannot be had.
+    """The file's bytes, or ImageRejected naming why they cannot be had (see ``read_image``)."""
+    return read_image(uri, limits)[0]
+
+
+def read_image(uri: str, limits: ImageLimits) -> tuple[bytes, str]:
+    """(the file's bytes, the version of the file they were read from), or ImageRejected.
 
     With ``limits.roots`` set, a local path must lead inside a root once symlinks are
     followed, and a remote URI must start with a remote root; this is checked before any byte
-    is read.
+    is read. The version is what ``image_version`` says of the file, taken from the file that
+    was opened, so a vector is stored with the listing of exactly the bytes it was made from.
     """
     path = local_path(uri)
     try:
-        data = _read_remote(uri, limits) if path is None else _read_local(uri, path, limits)
+        data, version = (
+            _read_remote(uri, limits) if path is None else _read_local(uri, path, limits)
+        )
     except ImageRejected:
         raise
     except FileNotFoundError:
@@ -125,7 +133,7 @@ def read_bytes(uri: str, limits: ImageLimits) -> bytes:
         raise ImageRejected(IMAGE_EMPTY, "0 bytes")
     if len(data) > limits.max_bytes:
         raise ImageRejected(IMAGE_TOO_LARGE, f"more than {limits.max_bytes} bytes")
-    return data
+    return data, version
 
 
 def image_version(uri: str, limits: ImageLimits) -> str:
@@ -142,11 +150,11 @@ def image_version(uri: str, limits: ImageLimits) -> str:
     try:
         if path is None:
             _, _, info = _remote_file(uri, limits)
-            size, mtime_ns, identity = info.size, info.mtime_ns, ""
+            size, version = info.size, _remote_version(info)
         else:
             listed = os.stat(_inside_local_roots(uri, path, limits))
             _check_listed(uri, listed, limits)
-            size, mtime_ns, identity = listed.st_size, listed.st_mtime_ns, f";ino={listed.st_ino}"
+            size, version = listed.st_size, _local_version(listed)
     except ImageRejected:
         raise
     except FileNotFoundError:
@@ -155,24 +163,33 @@ def image_version(uri: str, limits: ImageLimits) -> str:
         raise ImageRejected(IMAGE_UNREADABLE, f"{type(err).__name__}: {err}") from None
     if size == 0:
         raise ImageRejected(IMAGE_EMPTY, "0 bytes")
-    return f"size={size};mtime_ns={mtime_ns}{identity}"
+    return version
 
 
-def _read_local(uri: str, path: str, limits: ImageLimits) -> bytes:
+def _local_version(info: os.stat_result) -> str:
+    return f"size={info.st_size};mtime_ns={info.st_mtime_ns};ino={info.st_ino}"
+
+
+def _remote_version(info) -> str:
+    return f"size={info.size};mtime_ns={info.mtime_ns}"
+
+
+def _read_local(uri: str, path: str, limits: ImageLimits) -> tuple[bytes, str]:
     real = _inside_local_roots(uri, path, limits)
     # The resolved path is opened, without following a link at its end, so a symlink swapped
     # in after the check is refused; non-blocking so a FIFO cannot hang the task.
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(real, flags)
     with os.fdopen(fd, "rb") as handle:
-        _check_listed(uri, os.fstat(fd), limits)
-        return handle.read(limits.max_bytes + 1)
+        info = os.fstat(fd)
+        _check_listed(uri, info, limits)
+        return handle.read(limits.max_bytes + 1), _local_version(info)
 
 
-def _read_remote(uri: str, limits: ImageLimits) -> bytes:
-    filesystem, path, _ = _remote_file(uri, limits)
+def _read_remote(uri: str, limits: ImageLimits) -> tuple[bytes, str]:
+    filesystem, path, info = _remote_file(uri, limits)
     with filesystem.open_input_stream(path) as stream:
-        return stream.read(limits.max_bytes + 1)
+        return stream.read(limits.max_bytes + 1), _remote_version(info)
 
 
 def _inside_local_roots(uri: str, path: str, limits: ImageLimits) -> str:

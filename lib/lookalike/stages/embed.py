@@ -91,6 +91,8 @@ EMBED_RESULT = T.StructType(
         T.StructField("thumbnail", T.BinaryType()),
         T.StructField("reject_reason", T.StringType()),
         T.StructField("reject_detail", T.StringType()),
+        # The listing of the file the bytes came from (lookalike.core.images.read_image).
+        T.StructField("image_version", T.StringType()),
     ]
 )
 
@@ -269,10 +271,10 @@ def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFra
 
 
 def _image_version(df: DataFrame) -> Column:
-    # Rows embedded without a listing pass (a hand-made catalog in a test) have no version.
-    if "image_version" in df.columns:
-        return F.col("image_version")
-    return F.lit(None).cast("string").alias("image_version")
+    # The version of the file read; the listing's where the reader knew none.
+    read = F.col("embedded.image_version")
+    listed = F.col("image_version") if "image_version" in df.columns else F.lit(None)
+    return F.coalesce(read, listed.cast("string")).alias("image_version")
 
 
 def image_rejects(results_df: DataFrame, column: str, run_id: str) -> DataFrame:
