@@ -717,3 +717,45 @@ def test_a_large_rss_streams(tmp_path):
     table = read_feed(path)
     assert table.num_rows == n
     assert table.column("sku_id")[n - 1].as_py() == f"S{n - 1}"
+
+
+def test_words_that_look_like_nulls_are_values(tmp_path):
+    path = _write(
+        tmp_path / "feed.tsv",
+        "id\ttitle\timage_link\tavailability\nNA\tnull\thttps://i/na.jpg\tN/A\n",
+    )
+    row = read_feed(path).to_pylist()[0]
+    assert (row["sku_id"], row["title"], row["is_active"]) == ("NA", "null", "N/A")
+
+
+def test_other_namespaces_are_not_taken_for_google_attributes(tmp_path):
+    path = _write(
+        tmp_path / "feed.xml",
+        '<rss xmlns:g="http://base.google.com/ns/1.0" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        "<channel><item><dc:title>Not this</dc:title><g:id>1</g:id>"
+        "<g:image_link>https://i/1.jpg</g:image_link></item></channel></rss>",
+    )
+    feed = read_feed_with_report(path)
+    assert feed.table.column("title").to_pylist() == [None]
+    assert feed.ignored_columns == ("{http://purl.org/dc/elements/1.1/}title",)
+
+
+def test_a_feed_not_in_utf8_is_a_feed_error(tmp_path):
+    path = tmp_path / "feed.tsv"
+    path.write_bytes("id\ttitle\timage_link\n1\tRöck\thttps://i/1.jpg\n".encode("latin-1"))
+    with pytest.raises(FeedError, match="UTF"):
+        read_feed(path)
+    short = tmp_path / "short.tsv"
+    short.write_bytes("id\ttitle\timage_link\n1\tRöck\n2\tx\ty\n".encode("latin-1"))
+    with pytest.raises(FeedError, match="UTF"):
+        read_feed(short)
+
+
+def test_short_rows_are_padded_not_dropped(tmp_path):
+    path = _write(
+        tmp_path / "feed.tsv",
+        "id\timage_link\ttitle\tavailability\n1\thttps://i/1.jpg\n2\thttps://i/2.jpg\tT\tin_stock\n",
+    )
+    table = read_feed(path)
+    assert _column(table, "sku_id") == ["1", "2"]
+    assert _column(table, "title") == [None, "T"]

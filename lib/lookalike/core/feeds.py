@@ -36,7 +36,8 @@ or XML: RSS 2.0 (``<rss><channel><item>``) or Atom (``<feed><entry>``) with the
 ``http://base.google.com/ns/1.0`` namespace. Attribute names are matched without their ``g:``
 prefix, case-insensitively, with spaces read as underscores (``g:id``, ``id``, ``ID``;
 ``image link`` is ``image_link``); in XML a ``g:`` element wins over an un-prefixed one of the same
-name (an Atom ``<id>`` is the entry's URL, ``<g:id>`` the product's id).
+name (an Atom ``<id>`` is the entry's URL, ``<g:id>`` the product's id); elements of any other
+namespace (``<dc:title>``) are not Google attributes and are listed as ignored.
 
 =========================  =====================================================================
 feed attribute             becomes
@@ -57,7 +58,8 @@ updated_at                 updated_at (null when the feed has no such column)
 =========================  =====================================================================
 
 Every other attribute (price, link, brand, shipping, ...) is ignored and listed in
-``Feed.ignored_columns``. Values are stripped of surrounding whitespace; an empty value is null.
+``Feed.ignored_columns``. Values are stripped of surrounding whitespace; an empty value is null,
+and only an empty one ("NA", "null", "N/A" are values, in every format).
 ``product_type`` is not split on commas ("Shoes, Boots" is one label): a second product type comes
 as a second column or element, and only the first is used.
 
@@ -367,6 +369,9 @@ def _read_delimited(path: str, header: list[str], delimiter: str, quoted: bool) 
     )
     convert = pa_csv.ConvertOptions(
         column_types={name: pa.string() for name in header},
+        # Only an empty field is null: pyarrow's default list would turn a SKU "NA" or a title
+        # "null" or "N/A" into nulls.
+        null_values=[""],
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
@@ -385,6 +390,13 @@ def _read_delimited(path: str, header: list[str], delimiter: str, quoted: bool) 
 def _read_delimited_padding(path: str, header: list[str], delimiter: str, quoted: bool) -> pa.Table:
     """The slow path for a file whose rows do not all have the header's width: pads short rows
     with nulls, refuses a long one (a delimiter inside an unquoted value shifted it)."""
+    try:
+        return _read_rows_padding(path, header, delimiter, quoted)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise FeedError(f"feed {path} cannot be read as delimited UTF-8 text: {e}") from e
+
+
+def _read_rows_padding(path: str, header: list[str], delimiter: str, quoted: bool) -> pa.Table:
     columns: list[list[str | None]] = [[] for _ in header]
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(
@@ -557,19 +569,21 @@ class _ItemCollector:
         self._text: list[str] = []
         self._row: dict[str, tuple[str, bool]] = {}
         self._row_additional: list[str] = []
+        self._names: dict[str, tuple[str, bool]] = {}  # expat's name -> _child_name's
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
         self._depth += 1
-        uri, _, local = name.rpartition(" ")
         if self._item_depth is None:
-            if local in ("item", "entry"):
+            if name.rpartition(" ")[2] in ("item", "entry"):
                 self._item_depth = self._depth
                 self._row, self._row_additional = {}, []
         elif self._depth == self._item_depth + 1:
-            key = _google_name(local)
-            self._child = (key, uri == GOOGLE_NAMESPACE)
+            child = self._names.get(name)
+            if child is None:
+                child = self._names[name] = _child_name(name)
+            self._child = child
             self._text = []
-            self.seen.setdefault(key, None)
+            self.seen.setdefault(child[0], None)
 
     def end(self, name: str) -> None:
         if self._item_depth is not None:
@@ -597,6 +611,16 @@ class _ItemCollector:
             value = self._row.get(name)
             column.append(value[0] or None if value is not None else None)
         self.additional.append(self._row_additional)
+
+
+def _child_name(name: str) -> tuple[str, bool]:
+    """(attribute name, whether in the Google namespace) of an item's child element, which
+    expat names "namespace-uri local-name". Elements of other namespaces than Google's, Atom's
+    or none keep their namespace, so that a ``<dc:title>`` is never taken for the title."""
+    uri, _, local = name.rpartition(" ")
+    if uri in ("", GOOGLE_NAMESPACE, ATOM_NAMESPACE):
+        return _google_name(local), uri == GOOGLE_NAMESPACE
+    return f"{{{uri}}}{local}", False
 
 
 def _refuse(what: str):
@@ -831,6 +855,8 @@ def _as_string(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _read_catalog_csv(path: str, header: list[str], delimiter: str) -> Feed:
     # As the Spark reader: comma-separated, quotes doubled, newlines inside quotes.
+    if delimiter != ",":
+        header = [h.strip() for h in next(csv.reader(io.StringIO(_sample(path))), [])]
     raw = _read_delimited(path, header, ",", quoted=True)
     return _catalog_feed(path, CSV, raw, raw.num_rows)
 
