@@ -46,7 +46,9 @@ class SparkSettings(_Section):
 class CatalogSettings(_Section):
     # Required (or --catalog); `make demo` generates the bundled catalog and passes it.
     path: str | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    # csv / parquet: the catalog's own columns; google-merchant / shopify: a shop's feed as it
+    # is (lookalike.core.feeds maps its columns); auto: from the file's name and first bytes.
+    format: Literal["auto", "csv", "parquet", "google-merchant", "shopify"] = "auto"
     # Images must live under one of these folders; empty means the catalog file's folder.
     image_roots: list[str] = Field(default_factory=list)
     # A longer sku_id is rejected (sku_id_too_long): it is a shifted column or an unclosed quote

@@ -12,8 +12,10 @@ the tables downstream (PostgreSQL text refuses it, C-string tools cut the title 
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,11 +27,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from lookalike.core import feeds
 from lookalike.core.images import IMAGE_OUTSIDE_ROOTS, local_path
+from lookalike.core.storage import Location
 from lookalike.stages.common import read, write
 
 if TYPE_CHECKING:
     from lookalike.pipeline import RunContext
+
+log = logging.getLogger("lookalike")
+
+# Feeds read as a shop sends them (lookalike.core.feeds), beside our own csv and parquet.
+SHOP_FEED_FORMATS = (feeds.GOOGLE_MERCHANT, feeds.SHOPIFY)
 
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
 # category_path: "Women > Dresses > Maxi", the category's place in the shop's tree (levels
@@ -85,12 +94,19 @@ class CatalogError(ValueError):
 
 
 def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame:
-    """The raw snapshot, every column as a string (validation parses them)."""
-    if fmt == "auto":
-        fmt = "parquet" if path.rstrip("/").endswith(".parquet") or os.path.isdir(path) else "csv"
+    """The raw snapshot, every column as a string (validation parses them).
+
+    ``fmt``: ``csv`` and ``parquet`` (the catalog's own columns, read by Spark), a shop's feed
+    as it is (``google-merchant``, ``shopify``: read by ``lookalike.core.feeds`` into the same
+    columns), or ``auto`` (from the file's name and first bytes).
+    """
     if "://" not in path and not os.path.exists(path):
         raise CatalogError(f"catalog not found: {path}")
-    if fmt == "csv":
+    if fmt == "auto":
+        fmt = _detect_format(path)
+    if fmt in SHOP_FEED_FORMATS:
+        raw_df = _read_shop_feed(spark, path, fmt)
+    elif fmt == "csv":
         # Seller titles contain commas, quotes and newlines.
         raw_df = spark.read.csv(path, header=True, multiLine=True, escape='"', inferSchema=False)
     else:
@@ -113,6 +129,40 @@ def read_catalog(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame
     return raw_df.select(
         *[F.col(c).cast("string").alias(c) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)]
     )
+
+
+def _detect_format(path: str) -> str:
+    if path.rstrip("/").endswith(".parquet") or os.path.isdir(path):
+        return "parquet"
+    if "://" in path:  # not sniffed on object storage: name the format in catalog.format
+        return "csv"
+    try:
+        return feeds.detect_format(path)
+    except feeds.FeedError as err:
+        raise CatalogError(str(err)) from None
+
+
+def _read_shop_feed(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    """A Google Merchant or Shopify feed, read on the driver into the catalog's raw columns."""
+    with tempfile.TemporaryDirectory(prefix="lookalike-feed-") as scratch:
+        local = path
+        if "://" in path:
+            local = os.path.join(scratch, Location.of(path).name)
+            Location.of(local).write_bytes(Location.of(path).read_bytes())
+        try:
+            feed = feeds.read_feed_with_report(local, fmt)
+        except feeds.FeedError as err:
+            raise CatalogError(str(err)) from None
+    for note in feed.notes:
+        log.info("ingest: %s feed %s: %s", fmt, path, note)
+    if feed.ignored_columns:
+        log.info(
+            "ingest: %s feed %s: columns not used: %s", fmt, path, ", ".join(feed.ignored_columns)
+        )
+    columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in feed.table.column_names]
+    table = feed.table.select(columns)
+    schema = T.StructType([T.StructField(c, T.StringType(), True) for c in columns])
+    return spark.createDataFrame(table, schema=schema)
 
 
 def _nanosecond_timestamp_columns(path: str) -> list[str]:
