@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -89,18 +91,32 @@ class _Image:
 class ImageServer:
     """The server's state; see the module docstring."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        idle_timeout: float = 30.0,
+    ) -> None:
         self.root = root
         self._images: dict[str, _Image] = {}
         self._faults: dict[str, Fault] = {}
         self._hits: dict[str, int] = {}
         self._lock = threading.Lock()
         self.requests: list[Recorded] = []
-        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self, idle_timeout))
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -175,15 +191,31 @@ class _QuietServer(ThreadingHTTPServer):
         # what the tests do on purpose; anything else is still printed.
         import sys
 
-        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError):
             super().handle_error(request, client_address)
 
 
 @contextlib.contextmanager
-def image_server(root: Path | None = None) -> Iterator[ImageServer]:
-    """A running ImageServer on 127.0.0.1 (a free port), stopped at the end."""
-    with ImageServer(root) as server:
+def image_server(root: Path | None = None, **options) -> Iterator[ImageServer]:
+    """A running ImageServer on 127.0.0.1 (a free port), stopped at the end; options are
+    ImageServer's (tls=(certfile, keyfile), idle_timeout=seconds)."""
+    with ImageServer(root, **options) as server:
         yield server
+
+
+def self_signed_certificate(folder: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """(certfile, keyfile) of a new self-signed certificate for host, made with the openssl
+    command; a test without openssl on the PATH should skip."""
+    cert, key = folder / f"{host}.crt", folder / f"{host}.key"
+    san = f"IP:{host}" if host.replace(".", "").isdigit() else f"DNS:{host}"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", f"/CN={host}", "-addext", f"subjectAltName={san}"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def _not_modified(image: _Image, headers) -> bool:
@@ -200,10 +232,10 @@ def _not_modified(image: _Image, headers) -> bool:
         return False
 
 
-def _handler_for(server: ImageServer) -> type[BaseHTTPRequestHandler]:
+def _handler_for(server: ImageServer, idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive and chunked bodies
-        timeout = 30  # an idle kept-alive connection is closed after this long
+        timeout = idle_timeout  # an idle kept-alive connection is closed after this long
 
         def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
             pass

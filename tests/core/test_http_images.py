@@ -8,7 +8,9 @@ had not changed.
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
+import ssl
 import time
 
 import pytest
@@ -34,7 +36,7 @@ from lookalike.core.http_images import (
     is_internal_address,
 )
 from lookalike.core.images import ImageRejected
-from tests.http_server import image_server, jpeg_bytes
+from tests.http_server import image_server, jpeg_bytes, self_signed_certificate
 
 MAX_BYTES = 1_000_000
 
@@ -111,6 +113,54 @@ def test_keep_alive_reuses_one_connection(server):
     for url in urls:
         fetch(url, policy)
     assert len({r.client_port for r in server.requests}) == 1
+
+
+def test_a_connection_the_server_closed_is_replaced_without_costing_an_attempt(tmp_path):
+    with image_server(idle_timeout=0.2) as server:
+        urls = [server.add_image(f"/images/{i}.jpg", jpeg_bytes()) for i in range(2)]
+        policy = _policy(server)
+        fetch(urls[0], policy)
+        time.sleep(0.6)  # the server closes the kept-alive connection meanwhile
+        again = fetch(urls[1], policy)
+        assert again.status == 200 and again.attempts == 1
+        assert len({r.client_port for r in server.requests}) == 2
+    http_images.close_connections()
+
+
+# --- https ----------------------------------------------------------------------------------------
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+
+
+@needs_openssl
+def test_https_verifies_the_certificate_for_the_url_host(tmp_path, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path, "localhost")
+    trusted = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(http_images, "_tls_context", lambda: trusted)
+    with image_server(tls=(cert, key)) as server:
+        data = jpeg_bytes()
+        server.add_image("/images/a.jpg", data)
+        prefix = f"https://localhost:{server.port}/images/"
+        got = fetch(prefix + "a.jpg", _policy(server, prefixes=(prefix,)))
+        assert got.data == data
+        # The same server by its address: the certificate names localhost, not 127.0.0.1.
+        prefix = f"https://127.0.0.1:{server.port}/images/"
+        rejected = _rejected(prefix + "a.jpg", _policy(server, prefixes=(prefix,)))
+        assert rejected.reason == IMAGE_HTTP_CONNECTION_ERROR and rejected.attempts == 1
+        assert "certificate" in rejected.detail
+    http_images.close_connections()
+
+
+@needs_openssl
+def test_https_refuses_an_untrusted_certificate_without_retrying(tmp_path):
+    cert, key = self_signed_certificate(tmp_path, "localhost")
+    with image_server(tls=(cert, key)) as server:
+        server.add_image("/images/a.jpg", jpeg_bytes())
+        prefix = f"https://localhost:{server.port}/images/"
+        rejected = _rejected(prefix + "a.jpg", _policy(server, prefixes=(prefix,)))
+        assert rejected.reason == IMAGE_HTTP_CONNECTION_ERROR and rejected.attempts == 1
+        assert "certificate" in rejected.detail
+        assert server.requests == []
 
 
 # --- status codes and retries ---------------------------------------------------------------------

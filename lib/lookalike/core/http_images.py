@@ -620,8 +620,8 @@ class _Answer:
     data: bytes | None
 
 
-class _BodyTimeout(TimeoutError):
-    pass
+class _Timeout(TimeoutError):
+    """A timeout that says which limit was passed."""
 
 
 def _exchange(
@@ -633,7 +633,10 @@ def _exchange(
 ) -> tuple[_Answer, bool]:
     """One request on conn; the answer, and whether conn may be reused."""
     if conn.sock is None:
-        conn.connect()
+        try:
+            conn.connect()
+        except TimeoutError:
+            raise _Timeout(f"connecting took more than {policy.connect_timeout} s") from None
     conn.sock.settimeout(policy.read_timeout)
     deadline = time.monotonic() + policy.read_timeout
     conn.request("GET", target.request_target, headers=headers)
@@ -670,7 +673,7 @@ def _read_body(
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _BodyTimeout(f"the response took more than {policy.read_timeout} s")
+            raise _Timeout(f"the response took more than {policy.read_timeout} s")
         conn.sock.settimeout(min(policy.read_timeout, remaining))
         # read1: at most one socket read, so the deadline is checked between reads.
         chunk = response.read1(min(_READ_CHUNK, policy.max_bytes + 1 - received))
@@ -808,7 +811,7 @@ def _with_retries(
                 f"{_short(target.url)}: TLS certificate rejected ({err.verify_message})",
             ) from None
         except TimeoutError as err:
-            what = str(err) if isinstance(err, _BodyTimeout) else "timed out"
+            what = str(err) if isinstance(err, _Timeout) else "timed out reading the response"
             failure = (IMAGE_HTTP_TIMEOUT, what)
         except socket.gaierror as err:
             failure = (IMAGE_HTTP_CONNECTION_ERROR, f"DNS lookup of {target.host} failed ({err})")
