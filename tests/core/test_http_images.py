@@ -8,6 +8,7 @@ had not changed.
 from __future__ import annotations
 
 import ipaddress
+import pickle
 import shutil
 import socket
 import ssl
@@ -434,6 +435,21 @@ def test_internal_addresses(address, internal):
     assert is_internal_address(address) is internal
     if "%" not in address:
         assert is_internal_address(ipaddress.ip_address(address)) is internal
+
+
+def test_a_reject_names_a_long_url_shortened_and_survives_pickling():
+    policy = HttpPolicy(prefixes=("https://cdn.shop.example/images/",), max_bytes=10)
+    url = "https://elsewhere.example/" + "x" * 500
+    rejected = _rejected(url, policy)
+    assert len(rejected.detail) < 400 and "..." in rejected.detail
+    copy = pickle.loads(pickle.dumps(rejected))
+    assert isinstance(copy, HttpRejected)
+    assert (copy.reason, copy.detail, copy.url, copy.attempts) == (
+        rejected.reason,
+        rejected.detail,
+        url,
+        0,
+    )
 
 
 def test_the_policy_refuses_bad_settings():

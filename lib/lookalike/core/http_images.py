@@ -173,7 +173,7 @@ class HttpRejected(ImageRejected):
         reason: str,
         detail: str,
         *,
-        url: str,
+        url: str = "",
         attempts: int = 0,
         redirects: int = 0,
         bytes_read: int = 0,
@@ -183,6 +183,11 @@ class HttpRejected(ImageRejected):
         self.attempts = attempts
         self.redirects = redirects
         self.bytes_read = bytes_read
+
+    def __reduce__(self):
+        # Picklable (a Spark task may ship it back to the driver): rebuilt from reason and
+        # detail, then its counts.
+        return (type(self), (self.reason, self.detail), dict(self.__dict__))
 
 
 @dataclass(frozen=True)
