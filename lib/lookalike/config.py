@@ -49,11 +49,52 @@ class CatalogSettings(_Section):
     # csv / parquet: the catalog's own columns; google-merchant / shopify: a shop's feed as it
     # is (lookalike.core.feeds maps its columns); auto: from the file's name and first bytes.
     format: Literal["auto", "csv", "parquet", "google-merchant", "shopify"] = "auto"
-    # Images must live under one of these folders; empty means the catalog file's folder.
+    # Images must live under one of these folders or URI prefixes (s3://bucket/images/,
+    # https://cdn.shop.example/img/: only those URLs are fetched); empty: the catalog's folder.
     image_roots: list[str] = Field(default_factory=list)
     # A longer sku_id is rejected (sku_id_too_long): it is a shifted column or an unclosed quote
     # that swallowed the rows after it, and every join and storefront lookup is keyed by it.
     max_sku_id_length: int = Field(default=256, ge=1)
+
+
+class HttpSettings(_Section):
+    """How images under ``https://`` (or ``http://``) image roots are fetched: per Python worker
+    (lookalike.core.http_images.HttpPolicy says what each setting does)."""
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=15.0, gt=0)
+    # Retries of a 429, a 5xx, a reset or a timeout, with exponential backoff (or Retry-After).
+    retries: int = Field(default=3, ge=0)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    max_redirects: int = Field(default=5, ge=0)
+    # Requests per second to one host from one Python worker (every attempt counts): a CDN
+    # takes far more; a shop's own origin server may want less.
+    per_host_rate: float = Field(default=50.0, gt=0)
+    # Hosts on the company network allowed to resolve to private addresses (images.internal);
+    # any other host resolving to loopback, private or link-local addresses is refused.
+    internal_hosts: list[str] = Field(default_factory=list)
+
+    def policy(self, roots: tuple[str, ...], max_bytes: int):
+        """The HttpPolicy for the ``http(s)`` roots among ``roots``; None when there are none."""
+        from lookalike.core.http_images import HttpPolicy
+        from lookalike.core.images import is_http
+
+        prefixes = tuple(r for r in roots if is_http(r))
+        if not prefixes:
+            return None
+        return HttpPolicy(
+            prefixes=prefixes,
+            max_bytes=max_bytes,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries=self.retries,
+            backoff_seconds=self.backoff_seconds,
+            max_backoff_seconds=self.max_backoff_seconds,
+            max_redirects=self.max_redirects,
+            per_host_rate=self.per_host_rate,
+            internal_hosts=tuple(self.internal_hosts),
+        )
 
 
 class OutputSettings(_Section):
@@ -346,6 +387,7 @@ class FineTuneSettings(_Section):
 class Config(_Section):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)

@@ -19,10 +19,15 @@ import re
 import stat
 from dataclasses import dataclass
 from functools import lru_cache
+from threading import Lock
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from lookalike.core.http_images import Fetched, HttpPolicy
 
 # PIL's global decompression-bomb guard is replaced by decode_rgb's own check of the header's
 # size against the configured max_pixels, which rejects with the dimensions in the detail.
@@ -67,12 +72,16 @@ class ImageLimits:
     """What an image may be: its file size, its pixel count, and where it may live.
 
     ``roots`` are absolute local folders (or ``file:`` URIs) and URI prefixes such as
-    ``s3://bucket/images``; empty means no check.
+    ``s3://bucket/images`` or ``https://cdn.shop.example/img/``; empty means no check (but an
+    ``http(s)://`` image is fetched only under an ``http(s)`` root). ``http`` says how images
+    are fetched over HTTP(S) (``lookalike.core.http_images.HttpPolicy``); without it, the
+    policy's defaults under the ``http(s)`` roots.
     """
 
     max_bytes: int
     max_pixels: int
     roots: tuple[str, ...] = ()
+    http: HttpPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1:
@@ -107,7 +116,7 @@ def read_bytes(uri: str, limits: ImageLimits) -> bytes:
     return read_image(uri, limits)[0]
 
 
-def read_image(uri: str, limits: ImageLimits) -> tuple[bytes, str]:
+def read_image(uri: str, limits: ImageLimits) -> tuple[bytes, str | None]:
     """(the file's bytes, the version of the file they were read from), or ImageRejected.
 
     With ``limits.roots`` set, a local path must lead inside a root once symlinks are
@@ -115,6 +124,8 @@ def read_image(uri: str, limits: ImageLimits) -> tuple[bytes, str]:
     is read. The version is what ``image_version`` says of the file, taken from the file that
     was opened, so a vector is stored with the listing of exactly the bytes it was made from.
     """
+    if is_http(uri):
+        return _read_http(uri, limits)
     path = local_path(uri)
     try:
         data, version = (
@@ -136,9 +147,14 @@ def read_image(uri: str, limits: ImageLimits) -> tuple[bytes, str]:
     return data, version
 
 
-def image_version(uri: str, limits: ImageLimits) -> str:
+def image_version(uri: str, limits: ImageLimits, stored: str | None = None) -> str | None:
     """What the file's listing says of it, without reading a byte: ``size=...;mtime_ns=...``
     (and the inode of a local file, which a replace-by-rename changes).
+
+    An ``http(s)`` image has no listing: with the ``stored`` version of an earlier read (its
+    ETag or Last-Modified) it is asked with a conditional GET, and a 304 answers ``stored``
+    without a byte of the image; a 200 answers the new version (the bytes are not kept).
+    Without a stored validator it is not asked at all: None, the version is unknown.
 
     Equal versions of the same URI mean the same bytes as long as nothing rewrites a file in
     place with the same size and modification time (what ``make`` and ``rsync`` assume too);
@@ -146,6 +162,8 @@ def image_version(uri: str, limits: ImageLimits) -> str:
     ImageRejected for what ``read_bytes`` would refuse before reading (outside the roots,
     missing, a folder, too large, empty).
     """
+    if is_http(uri):
+        return _http_version(uri, limits, stored)
     path = local_path(uri)
     try:
         if path is None:
@@ -164,6 +182,90 @@ def image_version(uri: str, limits: ImageLimits) -> str:
     if size == 0:
         raise ImageRejected(IMAGE_EMPTY, "0 bytes")
     return version
+
+
+# --- HTTP(S) images (lookalike.core.http_images) -------------------------------------------
+
+# Per process: what this worker fetched; the embed stage adds each batch's share to the run's
+# counts (``http_counts``).
+_HTTP_COUNTS: dict[str, int] = {"downloads": 0, "not_modified": 0, "bytes_downloaded": 0}
+_HTTP_COUNTS_LOCK = Lock()
+
+
+def is_http(uri: str) -> bool:
+    return uri[:8].lower().startswith(("http://", "https://"))
+
+
+def http_counts() -> dict[str, int]:
+    """Images this process downloaded, conditional GETs answered 304, bytes downloaded."""
+    with _HTTP_COUNTS_LOCK:
+        return dict(_HTTP_COUNTS)
+
+
+def _count(fetched: Fetched) -> None:
+    with _HTTP_COUNTS_LOCK:
+        if fetched.data is None:
+            _HTTP_COUNTS["not_modified"] += 1
+        else:
+            _HTTP_COUNTS["downloads"] += 1
+            _HTTP_COUNTS["bytes_downloaded"] += len(fetched.data)
+
+
+def http_policy(limits: ImageLimits) -> HttpPolicy:
+    """The limits' HTTP policy, or the default one under their ``http(s)`` roots."""
+    from lookalike.core import http_images
+
+    prefixes = tuple(r for r in limits.roots if is_http(r))
+    if not prefixes:
+        raise ImageRejected(
+            http_images.IMAGE_URL_NOT_ALLOWED,
+            "no http(s) prefix among the image roots (catalog.image_roots): no image URL is "
+            "fetched",
+        )
+    if limits.http is not None:
+        return limits.http
+    return _default_policy(prefixes, limits.max_bytes)
+
+
+@lru_cache(maxsize=8)
+def _default_policy(prefixes: tuple[str, ...], max_bytes: int) -> HttpPolicy:
+    from lookalike.core.http_images import HttpPolicy
+
+    return HttpPolicy(prefixes=prefixes, max_bytes=max_bytes)
+
+
+def _read_http(uri: str, limits: ImageLimits) -> tuple[bytes, str | None]:
+    from lookalike.core.http_images import fetch
+
+    fetched = fetch(uri, http_policy(limits))  # HttpRejected (an ImageRejected) on failure
+    _count(fetched)
+    if len(fetched.data) > limits.max_bytes:
+        raise ImageRejected(IMAGE_TOO_LARGE, f"more than {limits.max_bytes} bytes")
+    return fetched.data, _validator(fetched)
+
+
+def _http_version(uri: str, limits: ImageLimits, stored: str | None) -> str | None:
+    from lookalike.core.http_images import fetch
+
+    name, _, value = (stored or "").partition("=")
+    if name not in ("etag", "last_modified") or not value:
+        return None
+    policy = http_policy(limits)
+    if name == "etag":
+        fetched = fetch(uri, policy, etag=value)
+    else:
+        fetched = fetch(uri, policy, last_modified=value)
+    _count(fetched)
+    return stored if fetched.data is None else _validator(fetched)
+
+
+def _validator(fetched: Fetched) -> str | None:
+    """The version of an HTTP image: its ETag, else its Last-Modified; None without either."""
+    if fetched.etag:
+        return f"etag={fetched.etag}"
+    if fetched.last_modified:
+        return f"last_modified={fetched.last_modified}"
+    return None
 
 
 def _local_version(info: os.stat_result) -> str:

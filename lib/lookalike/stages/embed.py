@@ -26,6 +26,8 @@ import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,7 @@ from lookalike.core.images import (
     ImageLimits,
     ImageRejected,
     content_hash,
+    http_counts,
     image_version,
     local_path,
     read_bytes,
@@ -125,6 +128,49 @@ class MaxParam(AccumulatorParam):
         return max(value1, value2)
 
 
+class CountsParam(AccumulatorParam):
+    """An accumulator of named counts, added key by key."""
+
+    def zero(self, value: dict) -> dict:
+        return dict.fromkeys(value, 0)
+
+    def addInPlace(self, value1: dict, value2: dict) -> dict:  # noqa: N802 (PySpark's name)
+        return {k: value1.get(k, 0) + value2.get(k, 0) for k in value1.keys() | value2.keys()}
+
+
+@dataclass(frozen=True)
+class ReadCounts:
+    """What the stage's tasks read: images and bytes hashed, HTTP downloads, 304s and bytes."""
+
+    hashed: Accumulator
+    bytes_hashed: Accumulator
+    http: Accumulator
+
+    @classmethod
+    def of(cls, spark: SparkSession) -> ReadCounts:
+        sc = spark.sparkContext
+        zero = dict.fromkeys(http_counts(), 0)
+        return cls(sc.accumulator(0), sc.accumulator(0), sc.accumulator(zero, CountsParam()))
+
+    @contextmanager
+    def http_of_batch(self) -> Iterator[None]:
+        """Adds what this worker fetched over HTTP while the block ran to the run's counts."""
+        before = http_counts()
+        yield
+        after = http_counts()
+        self.http.add({k: after[k] - before[k] for k in after})
+
+    def stats(self) -> dict[str, int]:
+        http = self.http.value
+        return {
+            "hashed": self.hashed.value,
+            "bytes_hashed": self.bytes_hashed.value,
+            "http_downloads": http["downloads"],
+            "http_not_modified": http["not_modified"],
+            "http_bytes": http["bytes_downloaded"],
+        }
+
+
 @cache
 def _worker_embedder(settings: ModelSettings) -> Embedder:
     # Cached per Python worker process: the model loads once, not once per batch or task.
@@ -136,11 +182,31 @@ def _worker_embedder(settings: ModelSettings) -> Embedder:
     return load_embedder(settings, gpu_addresses=gpus.addresses if gpus else ())
 
 
+# Images on object storage or HTTP(S) are waited for, not computed: this many at a time per
+# worker (the HTTP policy's per-host rate still applies).
+_REMOTE_READ_THREADS = 16
+
+
+def _io_threads(uris: pd.Series, threads: int = 1) -> int:
+    """``threads``, or more where any image is remote (a round trip each)."""
+    if any(local_path(uri) is None for uri in uris):
+        return max(threads, _REMOTE_READ_THREADS)
+    return threads
+
+
+def _mapped(function, items: list, threads: int) -> list:
+    if threads <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(function, items))
+
+
 def make_embed_udf(
     model: ModelSettings,
     embed: EmbedSettings,
     limits: ImageLimits,
     peak_rss: Accumulator | None = None,
+    reads: ReadCounts | None = None,
 ):
     """The pandas UDF (image_uri) -> EMBED_RESULT for these settings."""
 
@@ -149,62 +215,58 @@ def make_embed_udf(
         for uris in batches:
             # Built on the first batch (an empty partition loads nothing), then cached.
             embedder = _worker_embedder(model)
-            threads = decode_threads(embed.decode_threads, embedder)
-            yield embed_uris(uris, embedder, limits, threads)
+            threads = _io_threads(uris, decode_threads(embed.decode_threads, embedder))
+            with reads.http_of_batch() if reads else nullcontext():
+                result = embed_uris(uris, embedder, limits, threads)
+            yield result
             if peak_rss is not None:
                 peak_rss.add(peak_rss_bytes())
 
     return embed_images
 
 
-# Object stores answer one file-info request per round trip: asked this many at a time.
-_REMOTE_LISTING_THREADS = 16
+def make_version_udf(limits: ImageLimits, reads: ReadCounts | None = None):
+    """The pandas UDF (image_uri, stored image_version) -> VERSION_RESULT: what the listing
+    says, no byte read (a conditional GET for an HTTP image with a stored ETag)."""
 
-
-def make_version_udf(limits: ImageLimits):
-    """The pandas UDF (image_uri) -> VERSION_RESULT: what the listing says, no byte read."""
-
-    def version(uri: str) -> tuple[str | None, str | None, str | None]:
+    def version(item: tuple[str, str | None]) -> tuple[str | None, str | None, str | None]:
+        uri, stored = item
         try:
-            return image_version(uri, limits), None, None
+            return image_version(uri, limits, stored), None, None
         except ImageRejected as rejected:
             return None, rejected.reason, rejected.detail
 
     @F.pandas_udf(VERSION_RESULT)
-    def list_images(uris: pd.Series) -> pd.DataFrame:
-        if any(local_path(uri) is None for uri in uris):
-            with ThreadPoolExecutor(_REMOTE_LISTING_THREADS) as pool:
-                rows = list(pool.map(version, uris))
-        else:
-            rows = [version(uri) for uri in uris]
+    def list_images(uris: pd.Series, stored: pd.Series) -> pd.DataFrame:
+        items = list(zip(uris, stored.where(stored.notna(), None), strict=True))
+        with reads.http_of_batch() if reads else nullcontext():
+            rows = _mapped(version, items, _io_threads(uris))
         return pd.DataFrame(rows, columns=[f.name for f in VERSION_RESULT.fields], dtype=object)
 
     return list_images
 
 
-def make_hash_udf(
-    limits: ImageLimits,
-    images_read: Accumulator | None = None,
-    bytes_read: Accumulator | None = None,
-):
+def make_hash_udf(limits: ImageLimits, reads: ReadCounts | None = None):
     """The pandas UDF (image_uri) -> HASH_RESULT: the bytes' identity, or why they are bad.
-    The accumulators count the images and bytes read (once per image: the caller persists)."""
+    ``reads`` counts the images and bytes read (once per image: the caller persists)."""
+
+    def hashed(uri: str) -> tuple[str | None, str | None, str | None, int]:
+        try:
+            data = read_bytes(uri, limits)
+        except ImageRejected as rejected:
+            return None, rejected.reason, rejected.detail, 0
+        return content_hash(data), None, None, len(data)
 
     @F.pandas_udf(HASH_RESULT)
     def hash_images(uris: pd.Series) -> pd.DataFrame:
-        rows, n_bytes = [], 0
-        for uri in uris:
-            try:
-                data = read_bytes(uri, limits)
-            except ImageRejected as rejected:
-                rows.append((None, rejected.reason, rejected.detail))
-                continue
-            n_bytes += len(data)
-            rows.append((content_hash(data), None, None))
-        if images_read is not None and bytes_read is not None:
-            images_read.add(len(uris))
-            bytes_read.add(n_bytes)
-        return pd.DataFrame(rows, columns=[f.name for f in HASH_RESULT.fields], dtype=object)
+        with reads.http_of_batch() if reads else nullcontext():
+            rows = _mapped(hashed, list(uris), _io_threads(uris))
+        if reads is not None:
+            reads.hashed.add(len(rows))
+            reads.bytes_hashed.add(sum(row[3] for row in rows))
+        return pd.DataFrame(
+            [row[:3] for row in rows], columns=[f.name for f in HASH_RESULT.fields], dtype=object
+        )
 
     return hash_images
 
@@ -216,18 +278,35 @@ def with_embedding_results(
     n_partitions: int,
     limits: ImageLimits | None = None,
     peak_rss: Accumulator | None = None,
+    reads: ReadCounts | None = None,
 ) -> DataFrame:
     """The catalog plus an ``embedded`` struct column (vector or reject reason) per SKU."""
     limits = limits or ImageLimits(embed.max_image_bytes, embed.max_image_pixels)
-    embed_images = make_embed_udf(model, embed, limits, peak_rss)
+    embed_images = make_embed_udf(model, embed, limits, peak_rss, reads)
     return catalog_df.repartition(n_partitions).withColumn(
         "embedded", embed_images(F.col("image_uri"))
     )
 
 
-def with_image_versions(catalog_df: DataFrame, limits: ImageLimits) -> DataFrame:
-    """The catalog plus a ``listed`` struct column (image version or reject reason) per SKU."""
-    return catalog_df.withColumn("listed", make_version_udf(limits)(F.col("image_uri")))
+def with_image_versions(
+    catalog_df: DataFrame,
+    limits: ImageLimits,
+    stored_df: DataFrame | None = None,
+    reads: ReadCounts | None = None,
+) -> DataFrame:
+    """The catalog plus a ``listed`` struct column (image version or reject reason) per SKU.
+    ``stored_df``'s versions (by SKU and URI) are what an HTTP image is asked against."""
+    if stored_df is None:
+        with_stored = catalog_df.withColumn("stored_version", F.lit(None).cast("string"))
+    else:
+        stored = stored_df.select(
+            "sku_id", "image_uri", F.col("image_version").alias("stored_version")
+        ).dropDuplicates(["sku_id", "image_uri"])
+        with_stored = catalog_df.join(stored, ["sku_id", "image_uri"], "left")
+    list_images = make_version_udf(limits, reads)
+    return with_stored.withColumn(
+        "listed", list_images(F.col("image_uri"), F.col("stored_version"))
+    ).drop("stored_version")
 
 
 def listed_images(versioned_df: DataFrame) -> DataFrame:
@@ -239,14 +318,10 @@ def listed_images(versioned_df: DataFrame) -> DataFrame:
 
 
 def with_content_hashes(
-    catalog_df: DataFrame,
-    limits: ImageLimits,
-    images_read: Accumulator | None = None,
-    bytes_read: Accumulator | None = None,
+    catalog_df: DataFrame, limits: ImageLimits, reads: ReadCounts | None = None
 ) -> DataFrame:
     """The catalog plus a ``hashed`` struct column (content hash or reject reason) per SKU."""
-    hash_images = make_hash_udf(limits, images_read, bytes_read)
-    return catalog_df.withColumn("hashed", hash_images(F.col("image_uri")))
+    return catalog_df.withColumn("hashed", make_hash_udf(limits, reads)(F.col("image_uri")))
 
 
 def split_embedding_results(results_df: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
@@ -372,14 +447,15 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     catalog_df = read(spark, ctx.layout.catalog, "embed")
+    roots = tuple(image_roots(ctx, ctx.catalog_path()))
     limits = ImageLimits(
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
-        roots=tuple(image_roots(ctx, ctx.catalog_path())),
+        roots=roots,
+        http=ctx.config.http.policy(roots, settings.max_image_bytes),
     )
     peak_rss = spark.sparkContext.accumulator(0, MaxParam())
-    images_hashed = spark.sparkContext.accumulator(0)
-    bytes_hashed = spark.sparkContext.accumulator(0)
+    reads = ReadCounts.of(spark)
     stored_df = _stored_vectors(spark, ctx) if settings.incremental else None
     vectors: list[DataFrame] = []
     rejects: list[DataFrame] = []
@@ -387,7 +463,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     reused_listed = reused_hashed = None
     try:
         # What each image's listing says, no byte read; persisted, so each file is asked once.
-        versioned_df = with_image_versions(catalog_df, limits).persist()
+        versioned_df = with_image_versions(catalog_df, limits, stored_df, reads).persist()
         persisted.append(versioned_df)
         rejects.append(image_rejects(versioned_df, "listed", ctx.run_id))
         todo_df = listed_images(versioned_df)
@@ -397,8 +473,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
                 reused_df, reused_listed = counted(reused_df, "reused_by_listing")
                 vectors.append(reused_df)
             # Only the images whose listing changed are read, hashed and looked up by content.
-            hashed_df = with_content_hashes(todo_df, limits, images_hashed, bytes_hashed)
-            hashed_df = hashed_df.persist()
+            hashed_df = with_content_hashes(todo_df, limits, reads).persist()
             persisted.append(hashed_df)
             reused_df, todo_df = reuse_stored_vectors(hashed_df, stored_df, spec.model_id)
             reused_df, reused_hashed = counted(reused_df, "reused_by_content")
@@ -413,7 +488,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             n_partitions = max(1, min(cores * 4, math.ceil(n_todo / model.batch_size)))
             # Persisted so that each image is read and embedded once for both outputs.
             results_df = with_embedding_results(
-                todo_df, model, settings, n_partitions, limits, peak_rss
+                todo_df, model, settings, n_partitions, limits, peak_rss, reads
             ).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(results_df)
             new_df, new_rejects_df = split_embedding_results(results_df, ctx.run_id)
@@ -440,8 +515,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "reused": n_vectors - n_embedded,
         "reused_by_listing": reused_listed.get["rows"] if reused_listed else 0,
         "reused_by_content": reused_hashed.get["rows"] if reused_hashed else 0,
-        "hashed": images_hashed.value,
-        "bytes_hashed": bytes_hashed.value,
+        **reads.stats(),
         "rejected": n_rejected,
         "worker_peak_rss_mb": round(peak_rss.value / 2**20),
     }
