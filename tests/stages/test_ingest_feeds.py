@@ -174,7 +174,9 @@ def test_feed_images_outside_the_configured_prefixes_are_rejected_at_ingest(spar
     feed.write_text(MERCHANT_RSS, encoding="utf-8")
     config = _config(tmp_path, feed, image_roots=["https://other-cdn.example/"])
     # Every row is then rejected, so the run stops, saying why.
-    with pytest.raises(CatalogError, match=r"all 4 rows .*: 3 image_outside_roots, 1 missing_sku_id"):
+    with pytest.raises(
+        CatalogError, match=r"all 4 rows .*: 3 image_outside_roots, 1 missing_sku_id"
+    ):
         run_stage("ingest", spark, RunContext(config, DAY))
 
 
