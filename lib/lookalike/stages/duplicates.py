@@ -29,7 +29,9 @@ by at least ``shared_photo_min_listings`` listings that differ (more than one ca
 distinct titles for at least ``shared_photo_min_title_share`` of them) is a placeholder, a
 logo or a blank, not a product photographed once: those listings have no photo of their own.
 They are written apart (``shared_photos``) and take no part in any pair, so they neither form
-a cluster nor pull other listings into one.
+a cluster nor pull other listings into one. The variants of one item group count as one
+listing there (five sizes of a dress under one photo, titled by size, are one product's own
+photo).
 
 Accepted pairs are joined into clusters by connected components, computed with Spark joins,
 with a guard against chaining: every member must be close to its cluster's canonical listing
