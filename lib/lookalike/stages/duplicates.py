@@ -29,7 +29,9 @@ by at least ``shared_photo_min_listings`` listings that differ (more than one ca
 distinct titles for at least ``shared_photo_min_title_share`` of them) is a placeholder, a
 logo or a blank, not a product photographed once: those listings have no photo of their own.
 They are written apart (``shared_photos``) and take no part in any pair, so they neither form
-a cluster nor pull other listings into one.
+a cluster nor pull other listings into one. The variants of one item group count as one
+listing there (five sizes of a dress under one photo, titled by size, are one product's own
+photo).
 
 Accepted pairs are joined into clusters by connected components, computed with Spark joins,
 with a guard against chaining: every member must be close to its cluster's canonical listing
@@ -40,6 +42,17 @@ among themselves. The canonical listing: a merchandiser's choice first (the late
 oldest (``updated_at``), then the one with a title, then the smallest sku_id. The guard measures
 closeness to that listing whoever chose it, so a reviewer's choice can detach members that were
 close only to the listing the rule would have chosen.
+
+*Variants* of one product (the catalog's optional ``item_group_id``: the same dress in several
+sizes or colours, often with the same photo) are not duplicate listings. A pair of two listings
+of one item group is dropped where the pairs are formed, whatever found it (a ``confirmed``
+review of such a pair too: the feed says they are one product's variants; fix the feed to
+change that), and counted (``variant_pairs_dropped``). A cluster holds at most one variant of
+each group: a third listing can pair with two variants (a seller's copy of the photo both
+use), and then the guard keeps the canonical listing's variant, else the one closest to the
+canonical listing, and detaches the others (``variant_members_detached``), which are
+clustered again among themselves (with no pair between them, they stay alone). A null
+``item_group_id`` is no group.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.window import Window
 
 from lookalike import tables
-from lookalike.stages.common import read, write
+from lookalike.stages.common import counted, read, write
 from lookalike.stages.duplicate_pairs import (
     confirmed_by_descriptor,
     content_hash_pairs,
@@ -64,6 +77,7 @@ from lookalike.stages.duplicate_pairs import (
     merge_pairs,
     phash_pairs,
 )
+from lookalike.stages.neighbor_plans import item_groups
 from lookalike.stages.shared_photos import shared_photos, without_shared_photos
 
 if TYPE_CHECKING:
@@ -169,6 +183,28 @@ def apply_decisions(pairs_df: DataFrame, decisions_df: DataFrame) -> DataFrame:
     return merge_pairs(kept, confirmed)
 
 
+def without_variant_pairs(pairs_df: DataFrame, groups_df: DataFrame | None) -> DataFrame:
+    """``pairs_df`` minus the pairs of two listings of one item group (variants of one product).
+    ``groups_df``: (sku_id, item_group_id), null groups ignored; None: no groups, no change."""
+    if groups_df is None:
+        return pairs_df
+    groups = groups_df.filter(F.col("item_group_id").isNotNull()).select("sku_id", "item_group_id")
+    return (
+        pairs_df.join(
+            groups.select(F.col("sku_id").alias("sku_id_a"), F.col("item_group_id").alias("g_a")),
+            "sku_id_a",
+            "left",
+        )
+        .join(
+            groups.select(F.col("sku_id").alias("sku_id_b"), F.col("item_group_id").alias("g_b")),
+            "sku_id_b",
+            "left",
+        )
+        .filter(F.col("g_a").isNull() | F.col("g_b").isNull() | (F.col("g_a") != F.col("g_b")))
+        .select(*pairs_df.columns)
+    )
+
+
 def canonical_choices(reviews_df: DataFrame) -> DataFrame:
     """(sku_id, chosen_at): listings a merchandiser chose as canonical, with the latest time.
 
@@ -203,18 +239,24 @@ def _with_canonical(
         F.col("has_title").desc(),
         F.col("sku_id").asc(),
     )
+    group = (
+        F.col("item_group_id")
+        if "item_group_id" in catalog_df.columns
+        else F.lit(None).cast("string")
+    )
     listings = catalog_df.select(
         "sku_id",
         "category",
         "is_active",
         "updated_at",
         (F.coalesce(F.length(F.trim("title")), F.lit(0)) > 0).alias("has_title"),
+        group.alias("item_group_id"),
     )
     return (
         components_df.join(listings, "sku_id")
         .join(F.broadcast(choices_df.select("sku_id", "chosen_at")), "sku_id", "left")
         .withColumn("canonical_sku_id", F.first("sku_id").over(canonical_first))
-        .select("sku_id", "component", "canonical_sku_id", "category")
+        .select("sku_id", "component", "canonical_sku_id", "category", "item_group_id")
     )
 
 
@@ -245,6 +287,7 @@ def _closeness_to_canonical(
             "component",
             "canonical_sku_id",
             "category",
+            "item_group_id",
             (F.col("content_hash") == F.col("c_content_hash")).alias("same_bytes"),
             descriptor_similarity(F.col("descriptor"), F.col("c_descriptor")).alias("cosine"),
             F.least(
@@ -266,6 +309,7 @@ def duplicate_clusters(
     decisions_df: DataFrame | None = None,
     choices_df: DataFrame | None = None,
     max_rounds: int = 5,
+    counts: dict[str, int] | None = None,
 ) -> DataFrame:
     """duplicate_clusters rows: one per listing in a cluster, with its canonical listing.
 
@@ -273,7 +317,9 @@ def duplicate_clusters(
     merchandisers' canonical listings (``canonical_choices``). Each round clusters the
     remaining pairs, keeps the members close to their canonical listing, and sends the
     others (with the pairs among them) to the next round: a chain A~B~C with A far from C
-    never puts A and C in one cluster.
+    never puts A and C in one cluster. Of several variants of one item group (the catalog's
+    ``item_group_id``) in a component, only the canonical listing's variant, else the one
+    closest to it, stays; ``counts`` (when given) gets ``variant_members_detached``.
     """
     spark = pairs_df.sparkSession
     if decisions_df is None:
@@ -297,14 +343,39 @@ def duplicate_clusters(
             | (F.coalesce(F.col("cosine"), F.lit(-1.0)) >= chain_min_similarity)
         )
         # NULL (no review, no vector) must read as "not close", never drop the member.
-        members_df = members_df.withColumn(
-            "close", F.coalesce(close, F.lit(False))
-        ).localCheckpoint()
+        members_df = members_df.withColumn("close", F.coalesce(close, F.lit(False)))
+        # One variant per item group: the canonical's, else the closest of the close ones.
+        per_group = Window.partitionBy("component", "item_group_id").orderBy(
+            F.col("close").desc(),
+            (F.col("sku_id") == F.col("canonical_sku_id")).desc(),
+            F.coalesce(F.col("same_bytes"), F.lit(False)).desc(),
+            F.col("cosine").desc_nulls_last(),
+            F.col("sku_id"),
+        )
+        members_df = (
+            members_df.withColumn(
+                "repeated_variant",
+                F.col("item_group_id").isNotNull()
+                & F.col("close")
+                & (F.row_number().over(per_group) > 1),
+            )
+            .withColumn("close", F.col("close") & ~F.col("repeated_variant"))
+            .localCheckpoint()
+        )
+        if counts is not None:
+            counts["variant_members_detached"] = (
+                counts.get("variant_members_detached", 0)
+                + members_df.filter("repeated_variant").count()
+            )
         # A canonical listing left alone is no cluster.
         kept_df = members_df.filter("close").withColumn(
             "size", F.count(F.lit(1)).over(Window.partitionBy("component"))
         )
-        kept_parts.append(kept_df.filter(F.col("size") > 1).drop("size", "close", "decision"))
+        kept_parts.append(
+            kept_df.filter(F.col("size") > 1).drop(
+                "size", "close", "decision", "item_group_id", "repeated_variant"
+            )
+        )
         detached_df = members_df.filter(~F.col("close")).select("sku_id")
         remaining_df = remaining_df.join(
             detached_df.withColumnRenamed("sku_id", "sku_id_a"), "sku_id_a", "left_semi"
@@ -439,10 +510,16 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
             aligned_min_correlation=settings.aligned_min_correlation,
         ),
     )
-    # A confirmed review still counts: a merchandiser's word beats tonight's evidence.
-    pairs_df = apply_decisions(evidence_df, decisions_df)
+    # A confirmed review still counts: a merchandiser's word beats tonight's evidence. Pairs
+    # of two variants of one product (the feed's item_group_id) are no duplicates at all.
+    pairs_df, before_variants = counted(
+        apply_decisions(evidence_df, decisions_df), "pairs_before_variants"
+    )
+    pairs_df = without_variant_pairs(pairs_df, item_groups(catalog_df))
     n_pairs = write(pairs_df, ctx.layout.duplicate_pairs)
+    n_variant_pairs = before_variants.get["rows"] - n_pairs
     pairs_df = read(spark, ctx.layout.duplicate_pairs, "duplicates")
+    cluster_counts = {"variant_members_detached": 0}
     clusters_df = duplicate_clusters(
         pairs_df,
         catalog_df,
@@ -451,6 +528,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         chain_min_similarity=settings.chain_min_similarity,
         decisions_df=decisions_df,
         choices_df=choices_df,
+        counts=cluster_counts,
     )
     n_members = write(clusters_df, ctx.layout.duplicate_clusters)
     written_df = read(spark, ctx.layout.duplicate_clusters, "duplicates")
@@ -464,6 +542,8 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     return {
         "pairs": n_pairs,
         **dict(sorted(by_evidence.items())),
+        "variant_pairs_dropped": n_variant_pairs,
+        "variant_members_detached": cluster_counts["variant_members_detached"],
         "reviews_applied": decisions_df.count(),
         "canonical_choices": choices_df.count(),
         "clusters": written_df.select("cluster_id").distinct().count(),

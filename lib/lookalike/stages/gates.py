@@ -8,12 +8,12 @@ the measured values next to the limits.
 - ``full_topk_share``: active embedded SKUs whose similar items are as many as their
   category can give / active embedded SKUs with a photo of their own. "As many as it can
   give" is min(K, products of the category - 1): the category's active listings with a
-  photo of their own, a duplicate cluster counting as one product (a row shows each product
-  once and never the SKU's own cluster); with a ``category_path`` of two or more levels, the
-  products under its top level (a small category borrows from its relatives). A listing of
-  a 3-listing category with 2 similar items is complete; a listing of a big category that
-  lost its neighbors is not. Listings without a photo of their own (``shared_photos``) give
-  and get nothing and are not counted.
+  photo of their own, a duplicate cluster or an item group (variants) counting as one product
+  (a row shows each product once and never the SKU's own cluster or variants); with a
+  ``category_path`` of two or more levels, the products under its top level (a small category
+  borrows from its relatives). A listing of a 3-listing category with 2 similar items is
+  complete; a listing of a big category that lost its neighbors is not. Listings without a
+  photo of their own (``shared_photos``) give and get nothing and are not counted.
 - ``reject_rate``: rejected catalog rows (ingest + embed) / catalog rows read.
 - ``top1_score_spread``: standard deviation of each SKU's best score; a model that returns
   (nearly) constant vectors gives every SKU a best score of 1.0 and a spread of 0. It is 0
@@ -126,11 +126,13 @@ def evaluate_gates(
     clusters_df: DataFrame | None = None,
     shared_photos_df: DataFrame | None = None,
     paths_df: DataFrame | None = None,
+    groups_df: DataFrame | None = None,
 ) -> list[GateResult]:
     """Every configured gate's measured value and verdict. ``clusters_df`` (duplicate
     clusters), ``shared_photos_df`` (listings without a photo of their own) and
-    ``paths_df`` (category, category_path) say how many similar items each listing can
-    get; without them every other active listing of its category counts."""
+    ``paths_df`` (category, category_path) and ``groups_df`` (sku_id, item_group_id: the
+    variants of one product) say how many similar items each listing can get; without them
+    every other active listing of its category counts."""
     spark = similar_df.sparkSession
     per_sku = similar_df.groupBy("sku_id").agg(
         F.count(F.lit(1)).alias("n"), F.max("score").alias("top1")
@@ -140,7 +142,7 @@ def evaluate_gates(
     if clusters_df is None:
         clusters_df = spark.createDataFrame([], "cluster_id string, sku_id string")
     listings_df = with_attainable_k(
-        eligible_listings(embeddings_df, clusters_df, shared_photos_df), paths_df, k
+        eligible_listings(embeddings_df, clusters_df, shared_photos_df, groups_df), paths_df, k
     )
     coverage = (
         listings_df.join(per_sku, "sku_id", "left")

@@ -8,6 +8,14 @@ duplicate detection included) and must hold no control character (U+0000-U+001F,
 or line break in an id is a broken feed, not padding). Titles are kept as sent, newlines and
 all, except NUL (U+0000), which is removed: it means nothing in a title and breaks what reads
 the tables downstream (PostgreSQL text refuses it, C-string tools cut the title there).
+
+An optional ``item_group_id`` (Google Merchant's ``item_group_id``, Shopify's ``Handle``) groups
+the variants of one product: the same dress in several sizes or colours. It is trimmed like an
+id (blank: null, no group) and checked like one: a control character rejects the row as
+``invalid_item_group_id``, a value over ``catalog.max_sku_id_length`` characters as
+``item_group_id_too_long``. Variants are never each other's similar items nor duplicate
+listings (``lookalike.stages.neighbors``, ``lookalike.stages.duplicates``). A catalog without
+the column has no groups.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ SHOP_FEED_FORMATS = (feeds.GOOGLE_MERCHANT, feeds.SHOPIFY)
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
 # category_path: "Women > Dresses > Maxi", the category's place in the shop's tree (levels
 # separated by ">"); where a small category borrows similar items (lookalike.stages.neighbors).
-OPTIONAL_COLUMNS = ("title", "updated_at", "category_path")
+# item_group_id: the product a listing is a variant of (sizes, colours); see the docstring.
+OPTIONAL_COLUMNS = ("title", "updated_at", "category_path", "item_group_id")
 
 # Reason codes, checked in this order; a row is rejected for the first that applies.
 MISSING_SKU_ID = "missing_sku_id"
@@ -52,6 +61,8 @@ SKU_ID_TOO_LONG = "sku_id_too_long"
 DUPLICATE_SKU_ID = "duplicate_sku_id"
 MISSING_CATEGORY = "missing_category"
 INVALID_CATEGORY = "invalid_category"
+INVALID_ITEM_GROUP_ID = "invalid_item_group_id"
+ITEM_GROUP_ID_TOO_LONG = "item_group_id_too_long"
 MISSING_IMAGE_URI = "missing_image_uri"
 INVALID_IS_ACTIVE = "invalid_is_active"
 INVALID_UPDATED_AT = "invalid_updated_at"
@@ -65,6 +76,7 @@ CATALOG_SCHEMA = T.StructType(
         T.StructField("is_active", T.BooleanType(), False),
         T.StructField("updated_at", T.TimestampType(), True),
         T.StructField("category_path", T.StringType(), True),
+        T.StructField("item_group_id", T.StringType(), True),
     ]
 )
 
@@ -251,15 +263,20 @@ def validate_catalog(
     Checks, in order (a row gets the first reason that applies): ``missing_sku_id``,
     ``invalid_sku_id`` (a control character), ``sku_id_too_long`` (over ``max_sku_id_length``
     characters), ``duplicate_sku_id`` (every copy, ids compared trimmed), ``missing_category``,
-    ``invalid_category``, ``missing_image_uri``, ``image_outside_roots``, ``invalid_is_active``,
-    ``invalid_updated_at``. A reject's ``record`` is the row as read, before trimming (JSON, so a
-    control character is escaped there).
+    ``invalid_category``, ``invalid_item_group_id`` (a control character),
+    ``item_group_id_too_long`` (over ``max_sku_id_length``), ``missing_image_uri``,
+    ``image_outside_roots``, ``invalid_is_active``, ``invalid_updated_at``. A reject's
+    ``record`` is the row as read, before trimming (JSON, so a control character is escaped
+    there).
     """
     if max_sku_id_length < 1:
         raise ValueError(f"max_sku_id_length must be >= 1, got {max_sku_id_length}")
     roots = image_roots or [base_dir]
     resolve = resolve_image_uris(base_dir, roots)
     by_sku = Window.partitionBy("sku_id")
+    # Optional: read_catalog adds it (null) to a feed without it; a hand-made frame may lack it.
+    has_groups = "item_group_id" in raw_df.columns
+    group_raw = F.col("item_group_id") if has_groups else F.lit(None).cast("string")
     checked_df = (
         raw_df.withColumn("record", F.to_json(F.struct(*raw_df.columns)))
         # The detail names a control character's position in the value as sent.
@@ -267,6 +284,8 @@ def validate_catalog(
         .withColumn("category_raw", F.col("category"))
         .withColumn("sku_id", blank_to_null(F.col("sku_id")))
         .withColumn("category", blank_to_null(F.col("category")))
+        .withColumn("item_group_id_raw", group_raw)
+        .withColumn("item_group_id", blank_to_null(F.col("item_group_id_raw")))
         .withColumn("title", without_nul(F.col("title")))
         .withColumn("image_uri", blank_to_null(F.col("image_uri")))
         .withColumn("is_active_parsed", parse_is_active(F.col("is_active")))
@@ -282,6 +301,10 @@ def validate_catalog(
             .when(F.col("n_same_sku") > 1, F.lit(DUPLICATE_SKU_ID))
             .when(F.col("category").isNull(), F.lit(MISSING_CATEGORY))
             .when(first_control_character(F.col("category")) != "", F.lit(INVALID_CATEGORY))
+            .when(
+                first_control_character(F.col("item_group_id")) != "", F.lit(INVALID_ITEM_GROUP_ID)
+            )
+            .when(F.length("item_group_id") > max_sku_id_length, F.lit(ITEM_GROUP_ID_TOO_LONG))
             .when(F.col("image_uri").isNull(), F.lit(MISSING_IMAGE_URI))
             .when(~F.col("image.is_inside_roots"), F.lit(IMAGE_OUTSIDE_ROOTS))
             .when(F.col("is_active_parsed").isNull(), F.lit(INVALID_IS_ACTIVE))
@@ -317,6 +340,18 @@ def validate_catalog(
                 F.col("reason") == INVALID_CATEGORY,
                 control_character_detail("category", F.col("category_raw")),
             )
+            .when(
+                F.col("reason") == INVALID_ITEM_GROUP_ID,
+                control_character_detail("item_group_id", F.col("item_group_id_raw")),
+            )
+            .when(
+                F.col("reason") == ITEM_GROUP_ID_TOO_LONG,
+                F.format_string(
+                    f"item_group_id is %d characters long, over catalog.max_sku_id_length "
+                    f"{max_sku_id_length}",
+                    F.length("item_group_id"),
+                ),
+            )
             .when(F.col("reason") == MISSING_IMAGE_URI, F.lit("image_uri is empty"))
             .when(
                 F.col("reason") == IMAGE_OUTSIDE_ROOTS,
@@ -346,6 +381,8 @@ def validate_catalog(
         # Passed through (blank: none; read_catalog adds it when the feed has none);
         # neighbors normalises its levels.
         *[blank_to_null(F.col(c)).alias(c) for c in ("category_path",) if c in raw_df.columns],
+        # Trimmed and checked above (null: no group).
+        *(["item_group_id"] if has_groups else []),
     )
     rejects_df = checked_df.filter(F.col("reason").isNotNull()).select(
         F.lit(run_id).alias("run_id"),

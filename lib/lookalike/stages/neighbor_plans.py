@@ -1,6 +1,7 @@
 """Plans of the neighbors stage: how many neighbors each category asks for, and from where.
 
-A category's clusters take places in its SKUs' answers (``extra_for_clusters``); a category
+A category's clusters and item groups (variants of one product) take places in its SKUs'
+answers (``extra_for_clusters``); a category
 too small for K borrows from its relatives under a common ``category_path``
 (``borrowing_targets``, ``borrowing_pairs``). One row per category reaches the driver.
 """
@@ -54,24 +55,40 @@ def category_paths(catalog_df: DataFrame) -> DataFrame:
 
 
 def eligible_listings(
-    embeddings_df: DataFrame, clusters_df: DataFrame, shared_photos_df: DataFrame | None
+    embeddings_df: DataFrame,
+    clusters_df: DataFrame,
+    shared_photos_df: DataFrame | None,
+    groups_df: DataFrame | None = None,
 ) -> DataFrame:
     """Listings that can give and get similar items: active, embedded, with a photo of their
-    own; ``product_key`` is their duplicate cluster (or themselves): one product each."""
+    own; ``product_key`` is their duplicate cluster, else their item group (``groups_df``:
+    sku_id, item_group_id, see ``read_item_groups``), else themselves: one product each.
+
+    A listing in both a cluster and an item group counts as its cluster's product: a count,
+    close enough for plans and the gate (duplicate clusters hold at most one variant of a
+    group, ``lookalike.stages.duplicates``)."""
     listings_df = embeddings_df.filter(F.col("is_active")).select("sku_id", "category")
     if shared_photos_df is not None:
         listings_df = listings_df.join(shared_photos_df.select("sku_id"), "sku_id", "left_anti")
     membership = clusters_df.select("sku_id", "cluster_id")
-    return listings_df.join(membership, "sku_id", "left").withColumn(
-        "product_key", F.coalesce(F.col("cluster_id"), F.col("sku_id"))
-    )
+    listings_df = listings_df.join(membership, "sku_id", "left")
+    group_key = F.lit(None).cast("string")
+    if groups_df is not None:
+        listings_df = listings_df.join(
+            groups_df.select("sku_id", "item_group_id"), "sku_id", "left"
+        )
+        group_key = F.concat(F.lit("group:"), F.col("item_group_id"))
+    return listings_df.withColumn(
+        "product_key", F.coalesce(F.col("cluster_id"), group_key, F.col("sku_id"))
+    ).drop("item_group_id")
 
 
 def extra_for_clusters(largest: int, redundant: int, k: int) -> int:
     """Extra neighbors to ask of a category so that K distinct products remain: each of the
-    K products kept can bring its other cluster members along (largest - 1 places each), the
-    SKU's own cluster as many again (+1 when the SKU borrows from another category), and
-    never more than the category's redundant listings (members beyond one per cluster) + 1."""
+    K products kept can bring its other listings along (cluster members or variants of an
+    item group: largest - 1 places each), the SKU's own product as many again (+1 when the
+    SKU borrows from another category), and never more than the category's redundant listings
+    (listings beyond one per product) + 1."""
     if largest <= 1:
         return 0
     return min((k + 1) * (largest - 1) + 1, redundant + 1, MAX_EXTRA_NEIGHBORS)
@@ -92,9 +109,9 @@ def plan_categories(
 ) -> tuple[dict[str, CategoryPlan], dict[str, int]]:
     """Per category (products, extra neighbors, path) and products per ancestor path:
     Spark aggregates, one row per category and per ancestor to the driver."""
+    # Products of several listings (clusters, item groups) take places; single ones count 1.
     per_cluster = (
-        eligible_df.filter(F.col("cluster_id").isNotNull())
-        .groupBy("category", "cluster_id")
+        eligible_df.groupBy("category", "product_key")
         .count()
         .groupBy("category")
         .agg(F.max("count").alias("largest"), F.sum(F.col("count") - 1).alias("redundant"))
@@ -182,6 +199,22 @@ def borrowing_pairs(
                     pairs.append((query, target))
                     sources[(query["shard_id"], target["shard_id"])] = source
     return pairs, sources
+
+
+def item_groups(catalog_df: DataFrame) -> DataFrame | None:
+    """(sku_id, item_group_id) of the listings in an item group (the variants of one product);
+    None when the catalog has no item_group_id column."""
+    if "item_group_id" not in catalog_df.columns:
+        return None
+    return catalog_df.filter(F.col("item_group_id").isNotNull()).select("sku_id", "item_group_id")
+
+
+def read_item_groups(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """The run's catalog's item groups; None without the optional column (or without a
+    catalog: a run folder made from vectors alone)."""
+    if not ctx.layout.catalog.exists():
+        return None
+    return item_groups(read(spark, ctx.layout.catalog, "neighbors"))
 
 
 def read_category_paths(spark: SparkSession, ctx: RunContext) -> DataFrame:

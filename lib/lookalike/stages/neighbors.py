@@ -8,8 +8,13 @@ answer is stable from run to run.
 
 A row shows each product once: members of the SKU's own duplicate cluster are left out, and
 of any other cluster only one listing is kept (its canonical listing where that is a
-candidate, else the best-scoring member). Listings without a photo of their own (one image
-shared by many listings: a placeholder) get no similar items and are nobody's similar item.
+candidate, else the best-scoring member). The same holds for item groups, the variants of
+one product in the catalog's optional ``item_group_id`` (a dress in several sizes or colours):
+the SKU's own variants are left out, and of any other group only its best-scoring variant
+(own category first) is kept; a null ``item_group_id`` is no group and matches nothing. Both
+are removed before the top-K is cut, so a row still fills up from other products. Listings
+without a photo of their own (one image shared by many listings: a placeholder) get no similar
+items and are nobody's similar item.
 
 With an optional ``category_path`` (``Women > Dresses > Maxi``), a category too small to fill
 K borrows from the categories under its parent, then its grandparent, ...: only its own
@@ -27,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
@@ -43,6 +48,7 @@ from lookalike.stages.neighbor_plans import (
     eligible_listings,
     plan_categories,
     read_category_paths,
+    read_item_groups,
 )
 
 if TYPE_CHECKING:
@@ -264,10 +270,61 @@ def filter_repeated_products(similar_df: DataFrame, clusters_df: DataFrame) -> D
     )
 
 
-def best_k(similar_df: DataFrame, clusters_df: DataFrame, k: int) -> DataFrame:
-    """The published rows: candidates merged per SKU, each product once (own duplicates out,
-    one listing per other cluster), own category first, at most k per SKU."""
-    return without_own_duplicates(filter_repeated_products(similar_df, clusters_df), clusters_df, k)
+def mark_variants(similar_df: DataFrame, groups_df: DataFrame) -> DataFrame:
+    """Candidates with ``is_own_variant`` (the candidate is in the SKU's own item group) and
+    ``is_repeated_variant`` (another group's variant below that group's best candidate: own
+    category first, then score, then similar_sku_id). ``groups_df``: (sku_id, item_group_id)
+    of the listings in a group; a listing outside it (or with a null group) is in none."""
+    groups = groups_df.filter(F.col("item_group_id").isNotNull()).select("sku_id", "item_group_id")
+    own = groups.select("sku_id", F.col("item_group_id").alias("own_group"))
+    theirs = groups.select(
+        F.col("sku_id").alias("similar_sku_id"), F.col("item_group_id").alias("similar_group")
+    )
+    per_group = Window.partitionBy("sku_id", "variant_key").orderBy(
+        *borrowed_first_key(F.col("source")), F.col("score").desc(), F.col("similar_sku_id")
+    )
+    return (
+        _with_source(similar_df)
+        .join(own, "sku_id", "left")
+        .join(theirs, "similar_sku_id", "left")
+        .withColumn(
+            "is_own_variant", F.coalesce(F.col("own_group") == F.col("similar_group"), F.lit(False))
+        )
+        # The own variants' partition is dropped whole: they never hide another group's best.
+        .withColumn(
+            "variant_key",
+            F.when(F.col("is_own_variant"), F.lit(None)).otherwise(
+                F.coalesce(F.concat(F.lit("group:"), "similar_group"), "similar_sku_id")
+            ),
+        )
+        .withColumn(
+            "is_repeated_variant",
+            ~F.col("is_own_variant")
+            & F.col("similar_group").isNotNull()
+            & (F.row_number().over(per_group) > 1),
+        )
+        .drop("own_group", "similar_group", "variant_key")
+    )
+
+
+def without_variants(marked_df: DataFrame) -> DataFrame:
+    """``mark_variants``' candidates minus the SKU's own variants and other groups' repeats."""
+    return marked_df.filter(~F.col("is_own_variant") & ~F.col("is_repeated_variant")).drop(
+        "is_own_variant", "is_repeated_variant"
+    )
+
+
+def best_k(
+    similar_df: DataFrame, clusters_df: DataFrame, k: int, groups_df: DataFrame | None = None
+) -> DataFrame:
+    """The published rows: candidates merged per SKU, each product once (own duplicates and
+    own variants out, one listing per other cluster and per other item group), own category
+    first, at most k per SKU. Without ``groups_df`` (see ``mark_variants``) there are no
+    item groups."""
+    candidates_df = filter_repeated_products(similar_df, clusters_df)
+    if groups_df is not None:
+        candidates_df = without_variants(mark_variants(candidates_df, groups_df))
+    return without_own_duplicates(candidates_df, clusters_df, k)
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -278,15 +335,17 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
     clusters_df = read(spark, ctx.layout.duplicate_clusters, "neighbors")
     embeddings_df = read(spark, ctx.layout.embeddings, "neighbors")
     shared_df = read_shared_photos(spark, ctx)
+    groups_df = read_item_groups(spark, ctx)
     settings = ctx.config.neighbors
     k, search_k = settings.k, ctx.config.index.search_k
     # One row per category (and per ancestor path) reaches the driver, like the manifest.
     plans, products_under = plan_categories(
-        eligible_listings(embeddings_df, clusters_df, shared_df),
+        eligible_listings(embeddings_df, clusters_df, shared_df, groups_df),
         read_category_paths(spark, ctx),
         k,
     )
-    # Clusters take places that are then given to the next products: ask each category's
+    # Clusters and item groups take places that are then given to the next products: ask each
+    # category's
     # shards for enough more that K distinct products remain.
     extra = {category: plan.extra for category, plan in plans.items()}
     shared_path = None if shared_df is None else str(ctx.layout.shared_photos)
@@ -319,9 +378,22 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
                 shared_photos=shared_path,
             )
         )
-    # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k.
-    similar_df = best_k(reduce(DataFrame.unionByName, candidates), clusters_df, k)
+    # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k: as
+    # best_k, with the variants dropped counted as they pass.
+    candidates_df = filter_repeated_products(reduce(DataFrame.unionByName, candidates), clusters_df)
+    variants = None
+    if groups_df is not None:
+        variants = Observation("variants")
+        candidates_df = without_variants(
+            mark_variants(candidates_df, groups_df).observe(
+                variants,
+                F.count_if("is_own_variant").alias("own"),
+                F.count_if("is_repeated_variant").alias("repeated"),
+            )
+        )
+    similar_df = without_own_duplicates(candidates_df, clusters_df, k)
     n_rows = write(similar_df, ctx.layout.similar_items)
+    dropped = variants.get if variants is not None else {}
     per_sku = (
         read(spark, ctx.layout.similar_items, "neighbors")
         .groupBy("sku_id")
@@ -345,6 +417,10 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "borrowed_rows": per_sku["borrowed_rows"] or 0,
         "categories_borrowing": len(borrowing),
         "listings_without_own_photo": 0 if shared_df is None else shared_df.count(),
+        # Candidates (more than K per SKU), not rows: the SKU's own variants, and the variants
+        # of another item group below its best one.
+        "variant_candidates_dropped": dropped.get("own") or 0,
+        "repeated_variant_candidates_dropped": dropped.get("repeated") or 0,
     }
     if settings.recall_queries:
         counts |= _measured_recall(manifest_df, ctx)

@@ -15,7 +15,7 @@ from lookalike import faults, tables
 from lookalike.core.storage import Location
 from lookalike.stages import gates
 from lookalike.stages.common import read, read_shared_photos, read_stats
-from lookalike.stages.neighbor_plans import read_category_paths
+from lookalike.stages.neighbor_plans import read_category_paths, read_item_groups
 
 if TYPE_CHECKING:
     from lookalike.pipeline import RunContext
@@ -86,6 +86,7 @@ def check_gates(spark: SparkSession, ctx: RunContext) -> list[gates.GateResult]:
         paths_df=read_category_paths(spark, ctx)
         if ctx.config.neighbors.borrow_from_ancestors
         else None,
+        groups_df=read_item_groups(spark, ctx),
     )
     for result in results:
         log.info(

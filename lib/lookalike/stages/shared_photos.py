@@ -69,22 +69,38 @@ def photo_group_features(
     groups_df: DataFrame, catalog_df: DataFrame, *, min_listings: int = 2
 ) -> DataFrame:
     """One row per group of at least ``min_listings`` listings: ``group_key, n_listings,
-    n_categories, n_titles`` (distinct non-empty normalised titles)."""
+    n_products, n_categories, n_titles`` (distinct non-empty normalised titles).
+
+    The variants of one product (one ``item_group_id`` of the catalog: a dress in five sizes,
+    one photo, titles "... S" to "... XL") are one product showing its own photo: they count
+    once in ``n_products``, with their smallest title in ``n_titles``. Without item groups
+    every listing is its own product."""
     sizes_df = (
         groups_df.groupBy("group_key")
         .agg(F.count(F.lit(1)).alias("n_listings"))
         .filter(F.col("n_listings") >= min_listings)
     )
     title = normalised_title(F.col("title"))
+    product = F.concat(F.lit("sku:"), F.col("sku_id"))
+    if "item_group_id" in catalog_df.columns:
+        product = F.coalesce(F.concat(F.lit("group:"), F.col("item_group_id")), product)
     return (
         groups_df.join(sizes_df.select("group_key"), "group_key")
-        .join(catalog_df.select("sku_id", "category", "title"), "sku_id")
+        .join(catalog_df.select("sku_id", "category", "title", product.alias("product")), "sku_id")
+        .groupBy("group_key", "product")
+        .agg(
+            F.count(F.lit(1)).alias("listings"),
+            F.collect_set("category").alias("categories"),
+            # min skips NULL: a product without a title is no distinct title.
+            F.min(F.when(title != "", title)).alias("title"),
+        )
         .groupBy("group_key")
         .agg(
-            F.count(F.lit(1)).alias("n_listings"),
-            F.countDistinct("category").alias("n_categories"),
-            # countDistinct skips NULL: a listing without a title is no distinct title.
-            F.countDistinct(F.when(title != "", title)).alias("n_titles"),
+            F.sum("listings").alias("n_listings"),
+            F.count(F.lit(1)).alias("n_products"),
+            F.size(F.array_distinct(F.flatten(F.collect_list("categories")))).alias("n_categories"),
+            # countDistinct skips NULL.
+            F.countDistinct("title").alias("n_titles"),
         )
     )
 
@@ -126,7 +142,8 @@ def shared_photos(
     )
     shared_df = photo_group_features(groups_df, catalog_df, min_listings=min_listings).filter(
         is_shared_photo(
-            F.col("n_listings"),
+            # Variants of one product are one listing here: their photo is their own.
+            F.col("n_products"),
             F.col("n_categories"),
             F.col("n_titles"),
             min_listings=min_listings,
