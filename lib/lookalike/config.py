@@ -123,10 +123,16 @@ class IndexSettings(_Section):
     # A category with more vectors is split into equal sub-shards (by a hash of sku_id),
     # each SKU asking every sub-shard of its category.
     max_shard_size: int = Field(default=250_000, ge=2)
+    # The index of a shard above exact_max_size: auto (IVF, faiss IndexIVFFlat: measured
+    # faster and better than Annoy on 1280-d vectors, see nprobe), annoy (the design card's
+    # Annoy forest), ivf, or exact (every shard searched exactly, whatever its size).
+    kind: Literal["auto", "exact", "annoy", "ivf"] = "auto"
     # Shards of at most this many vectors are searched exactly (matrix products) instead of
-    # through Annoy trees: the measured crossover on one core for 1280-d vectors (about
-    # 55,000; 80,000 for 128-d; benchmarks/exact_vs_annoy.py).
+    # through an index: the measured crossover against Annoy on one core for 1280-d vectors
+    # (about 55,000; 80,000 for 128-d; benchmarks/exact_vs_annoy.py).
     exact_max_size: int = Field(default=50_000, ge=0)
+    # IVF shards: inverted lists (about 4 sqrt(n)) scanned per query, stored in the shard file.
+    nprobe: int = Field(default=8, ge=1)
     # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
     # principal axes kept (fitted on a sample of the run's vectors). Off by default: on real
     # photos 256 axes kept same-category precision (0.768 either way) with 2x faster queries
