@@ -14,11 +14,15 @@ is_active). ``Shard`` opens both memory-mapped and answers ``search`` whatever t
 
 ``choose_kind`` decides a shard's kind from ``index.kind`` and its size: at most
 ``index.exact_max_size`` vectors are exact; above, ``auto`` takes ``ivf``, measured faster
-and better than Annoy on 1280-d vectors (one thread, 50,000 clustered vectors, build + every
-item's top-10: IVF nprobe 8 about 40 s at recall@10 0.9999, Annoy 20 trees / search_k 5000
-about 260 s at 0.97; benchmarks/exact_vs_annoy.py). An IVF shard's inverted lists are its
-vectors: ``nlist`` about 4 sqrt(n) centroids trained (k-means, seeded) on a seeded sample of
-the shard, ``nprobe`` lists scanned per query (stored in the file). Its candidates are
+than Annoy at equal or higher recall on 1280-d vectors (benchmarks/exact_vs_annoy.py, one
+thread, 20,000 clustered vectors, build + every item's top-10, on a loaded machine: IVF
+nprobe 8 36 s at
+recall@10 1.000, Annoy 20 trees / search_k 5000 244 s at 1.000, exact 48 s; the shared
+notes' 50,000: IVF nprobe 4 35 s at 0.9998, Annoy search_k 20,000 370 s at 0.974, exact
+154 s). An IVF shard's
+inverted lists are its vectors: ``nlist`` about 4 sqrt(n) centroids (at least 39 vectors a
+list) trained by a seeded k-means on a seeded sample of the shard, ``nprobe`` lists scanned
+per query (stored in the file, so the manifest keeps its columns). Its candidates are
 rescored in float64 like the exact kind's, so scores and ties follow the same rules.
 """
 
