@@ -133,8 +133,9 @@ class IndexSettings(_Section):
     exact_max_size: int = Field(default=50_000, ge=0)
     # IVF shards: inverted lists (about 4 sqrt(n)) scanned per query, stored in the shard file.
     # recall@10 by nprobe 1/2/4/8/16 on clustered 1280-d vectors (recall_of_shard, 1,000
-    # queries; benchmarks/exact_vs_annoy.py --sweep-only): 20,000 vectors (512 lists), seed 0:
-    # 0.910/0.994/1.000/1.000/1.000. 8 is twice the smallest nprobe that reached 1.000, a
+    # queries; benchmarks/exact_vs_annoy.py --sweep-only): 20,000 vectors (512 lists), seeds
+    # 0/1/2: 0.910/0.994/1.000/1.000/1.000, 0.906/0.994/1.000/1.000/1.000,
+    # 0.909/0.992/1.000/1.000/1.000. 8 is twice the smallest nprobe that reached 1.000, a
     # margin for real photos, less clustered than these; the notes' 50,000: nprobe 4 0.9998.
     nprobe: int = Field(default=8, ge=1)
     # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
