@@ -1,14 +1,20 @@
-"""Where exact search beats Annoy: time of one shard's top-K, both ways, by shard size.
+"""Where exact search beats an index: time of one shard's top-K, exact, Annoy and IVF, by size.
 
 For each shard size n, clustered unit vectors (the same generator as topk_scale.py) go through
-the index stage's ``build_shard`` as an exact shard (.npy) and as an Annoy shard, and every
-item asks its shard for its top-K through the neighbors stage's ``top_k_for_shard``: build +
-all n queries, one core (one BLAS thread, as one Spark task per core). Exact work grows with
-n^2, Annoy's with about n log n: the crossover is the default of ``index.exact_max_size``.
-Annoy's recall@K against the exact answer is printed beside.
+the index stage's ``build_shard`` as an exact shard (.npy), an Annoy shard (.ann) and a faiss
+IVF-Flat shard (.faiss), and every item asks its shard for its top-K through the neighbors
+stage's ``top_k_for_shard``: build + all n queries, one core (one BLAS / OpenMP thread, as one
+Spark task per core). Exact work grows with n^2, Annoy's with about n log n: the crossover
+against Annoy is the default of ``index.exact_max_size``. Each index's recall@K against the
+exact answer is printed beside.
+
+``--sweep`` then measures IVF recall@K by ``nprobe`` with the index stage's own recall sampling
+(``recall_of_shard``, ``--queries`` sampled items) on one shard per seed: the figures behind
+the default of ``index.nprobe``.
 
 Usage:  .venv/bin/python benchmarks/exact_vs_annoy.py [--dims 128 1280]
-            [--sizes 1000 2000 5000 10000 20000 40000] [--k 10]
+            [--sizes 1000 2000 5000 10000 20000 40000] [--k 10] [--nprobe 8]
+            [--sweep --seeds 0 1 2 --nprobes 1 2 4 8 16 --queries 1000]
         .venv/bin/python benchmarks/exact_vs_annoy.py --smoke   (300 and 600 items: seconds)
 """
 
@@ -31,12 +37,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lookalike.config import IndexSettings  # noqa: E402
-from lookalike.core.ann import (
+from lookalike.core.ann import (  # noqa: E402
     ANNOY,
     EXACT,
+    IVF,
     METRIC,
     Shard,
-    build_shard,  # noqa: E402
+    build_shard,
+    ivf_lists,
+    recall_of_shard,
 )
 from lookalike.stages.neighbors import top_k_for_shard  # noqa: E402
 
@@ -61,6 +70,52 @@ def run_shard(members: pd.DataFrame, folder: Path, kind: str, k: int, settings: 
     return time.perf_counter() - started, built_s, rows, Path(built["path"]).stat().st_size
 
 
+def members_of(vectors: np.ndarray) -> pd.DataFrame:
+    n = len(vectors)
+    return pd.DataFrame(
+        {
+            "sku_id": [f"s{i:07d}" for i in range(n)],
+            "is_active": np.ones(n, bool),
+            "embedding": list(vectors),
+        }
+    )
+
+
+def recall_against(exact_rows: pd.DataFrame, rows: pd.DataFrame) -> float:
+    want = exact_rows.groupby("sku_id")["similar_sku_id"].apply(set)
+    got = rows.groupby("sku_id")["similar_sku_id"].apply(set)
+    hits = sum(len(want[s] & got.get(s, set())) for s in want.index)
+    return hits / sum(len(v) for v in want)
+
+
+def sweep(args, settings: IndexSettings) -> None:
+    """IVF recall@k by nprobe, the index stage's recall sampling, one shard per seed."""
+    print(f"\nIVF recall@{args.k} by nprobe (recall_of_shard, {args.queries} sampled queries)")
+    print(f"{'dim':>5} {'n':>7} {'nlist':>6} {'seed':>5} " + " ".join(
+        f"{'nprobe ' + str(p):>10}" for p in args.nprobes))  # fmt: skip
+    for dim in args.dims:
+        for n in args.sizes:
+            for seed in args.seeds:
+                members = members_of(clustered(n, dim, seed=seed))
+                with tempfile.TemporaryDirectory() as folder:
+                    built = build_shard(
+                        members, shard_id="s", index_dir=Path(folder), settings=settings, kind=IVF
+                    )
+                    row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
+                    shard = Shard.open(row | built)
+                    recalls = []
+                    for nprobe in args.nprobes:
+                        shard.index.nprobe = nprobe
+                        got = recall_of_shard(
+                            shard, k=args.k, search_k=settings.search_k, queries=args.queries,
+                            seed=seed,
+                        )  # fmt: skip
+                        recalls.append(got["hits"] / max(1, got["wanted"]))
+                    shard.close()
+                print(f"{dim:>5} {n:>7} {ivf_lists(n):>6} {seed:>5} "
+                      + " ".join(f"{r:>10.4f}" for r in recalls))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 1280])
@@ -68,43 +123,55 @@ def main() -> int:
         "--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000, 20000, 40000]
     )
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per query")
+    parser.add_argument("--kinds", nargs="+", default=[ANNOY, IVF], help="indexes timed")
+    parser.add_argument("--sweep", action="store_true", help="IVF recall by nprobe, by seed")
+    parser.add_argument("--sweep-only", action="store_true", help="only the nprobe sweep")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--smoke", action="store_true", help="two small shards: seconds")
     args = parser.parse_args()
     if args.smoke:
         args.dims, args.sizes = [128, 1280], [300, 600]
     sys.stdout.reconfigure(line_buffering=True)
     settings = IndexSettings()
+    if args.nprobe is not None:
+        settings = settings.model_copy(update={"nprobe": args.nprobe})
+    if not args.sweep_only:
+        table(args, settings)
+    if args.sweep or args.sweep_only:
+        sweep(args, settings)
+    return 0
+
+
+def table(args, settings: IndexSettings) -> None:
     print(
-        f"one core, k={args.k}, Annoy n_trees={settings.n_trees} search_k={settings.search_k}; "
-        "seconds for build + every item's top-K"
+        f"one core, k={args.k}, Annoy n_trees={settings.n_trees} search_k={settings.search_k}, "
+        f"IVF nlist ~4 sqrt(n) nprobe={settings.nprobe}; seconds for build + every item's top-K"
     )
-    print(f"{'dim':>5} {'n':>7} {'exact s':>8} {'annoy s':>8} {'(build)':>8} "
-          f"{'annoy/exact':>11} {'annoy recall@k':>14}")  # fmt: skip
+    print(f"{'dim':>5} {'n':>7} {'exact s':>8} {'annoy s':>8} {'(build)':>8} {'ivf s':>8} "
+          f"{'(build)':>8} {'annoy/exact':>11} {'ivf/exact':>9} {'annoy recall@k':>14} "
+          f"{'ivf recall@k':>12}")  # fmt: skip
     for dim in args.dims:
         for n in args.sizes:
-            vectors = clustered(n, dim)
-            members = pd.DataFrame(
-                {
-                    "sku_id": [f"s{i:07d}" for i in range(n)],
-                    "is_active": np.ones(n, bool),
-                    "embedding": list(vectors),
-                }
-            )
+            members = members_of(clustered(n, dim))
+            timed = {}
             with tempfile.TemporaryDirectory() as folder:
                 exact_s, _, exact_rows, _ = run_shard(
                     members, Path(folder), EXACT, args.k, settings
                 )
-                annoy_s, build_s, annoy_rows, _ = run_shard(
-                    members, Path(folder), ANNOY, args.k, settings
-                )
-            want = exact_rows.groupby("sku_id")["similar_sku_id"].apply(set)
-            got = annoy_rows.groupby("sku_id")["similar_sku_id"].apply(set)
-            recall = sum(len(want[s] & got.get(s, set())) for s in want.index) / sum(
-                len(v) for v in want
-            )
-            print(f"{dim:>5} {n:>7} {exact_s:>8.2f} {annoy_s:>8.2f} {build_s:>8.2f} "
-                  f"{annoy_s / exact_s:>11.2f} {recall:>14.3f}")  # fmt: skip
-    return 0
+                for kind in args.kinds:
+                    total_s, build_s, rows, _ = run_shard(
+                        members, Path(folder), kind, args.k, settings
+                    )
+                    timed[kind] = (total_s, build_s, recall_against(exact_rows, rows))
+            nan = (float("nan"),) * 3
+            (annoy_s, annoy_build, annoy_recall) = timed.get(ANNOY, nan)
+            (ivf_s, ivf_build, ivf_recall) = timed.get(IVF, nan)
+            print(f"{dim:>5} {n:>7} {exact_s:>8.2f} {annoy_s:>8.2f} {annoy_build:>8.2f} "
+                  f"{ivf_s:>8.2f} {ivf_build:>8.2f} {annoy_s / exact_s:>11.2f} "
+                  f"{ivf_s / exact_s:>9.2f} {annoy_recall:>14.3f} {ivf_recall:>12.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"\(e\) peak resident memory of a Python worker while embedding: # MB",
     ),
     "exact_vs_annoy.py": (
-        r"^ +128 +300 +# +# +# +# +#$",
-        r"^ +1280 +600 +# +# +# +# +#$",
+        r"^ +128 +300 +# +# +# +# +# +# +# +# +#$",
+        r"^ +1280 +600 +# +# +# +# +# +# +# +# +#$",
     ),
     "grocery_finetune.py": ("trunk features: # images, # s", "model_id: ", "recorded in "),
     "object_storage.py": (

@@ -166,10 +166,21 @@ class IndexSettings(_Section):
     # A category with more vectors is split into equal sub-shards (by a hash of sku_id),
     # each SKU asking every sub-shard of its category.
     max_shard_size: int = Field(default=250_000, ge=2)
+    # The index of a shard above exact_max_size: auto (IVF, faiss IndexIVFFlat: measured
+    # faster and better than Annoy on 1280-d vectors, see nprobe), annoy (the design card's
+    # Annoy forest), ivf, or exact (every shard searched exactly, whatever its size).
+    kind: Literal["auto", "exact", "annoy", "ivf"] = "auto"
     # Shards of at most this many vectors are searched exactly (matrix products) instead of
-    # through Annoy trees: the measured crossover on one core for 1280-d vectors (about
-    # 55,000; 80,000 for 128-d; benchmarks/exact_vs_annoy.py).
+    # through an index: the measured crossover against Annoy on one core for 1280-d vectors
+    # (about 55,000; 80,000 for 128-d; benchmarks/exact_vs_annoy.py).
     exact_max_size: int = Field(default=50_000, ge=0)
+    # IVF shards: inverted lists (about 4 sqrt(n)) scanned per query, stored in the shard file.
+    # recall@10 by nprobe 1/2/4/8/16 on clustered 1280-d vectors (recall_of_shard, 1,000
+    # queries; benchmarks/exact_vs_annoy.py --sweep-only): 20,000 vectors (512 lists), seeds
+    # 0/1/2: 0.910/0.994/1.000/1.000/1.000, 0.906/0.994/1.000/1.000/1.000,
+    # 0.909/0.992/1.000/1.000/1.000. 8 is twice the smallest nprobe that reached 1.000, a
+    # margin for real photos, less clustered than these; the notes' 50,000: nprobe 4 0.9998.
+    nprobe: int = Field(default=8, ge=1)
     # PCA before indexing: 0 keeps the vectors as they are, otherwise the number of
     # principal axes kept (fitted on a sample of the run's vectors). Off by default: on real
     # photos 256 axes kept same-category precision (0.768 either way) with 2x faster queries

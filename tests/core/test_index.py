@@ -1,20 +1,35 @@
-"""Annoy shards, top-K neighbors and near-duplicate pairs, without Spark.
+"""Annoy, IVF and exact shards, top-K neighbors and near-duplicate pairs, without Spark.
 
-Shards are real Annoy files built by ``build_shard`` in tmp_path from seeded random vectors;
-answers are checked against exact cosine similarities computed with numpy.
+Shards are real Annoy, faiss and .npy files built by ``build_shard`` in tmp_path from seeded
+random vectors; answers are checked against exact cosine similarities computed with numpy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
 
 from lookalike.config import IndexSettings
-from lookalike.core.ann import EXACT, METRIC, Shard, ShardError, build_shard, shard_id_for
+from lookalike.core.ann import (
+    ANNOY,
+    AUTO,
+    EXACT,
+    IVF,
+    METRIC,
+    Shard,
+    ShardError,
+    build_shard,
+    choose_kind,
+    ivf_lists,
+    recall_of_shard,
+    shard_id_for,
+)
 from lookalike.stages.duplicate_pairs import near_duplicate_pairs_across
 from lookalike.stages.neighbors import SIMILAR_ITEMS_SCHEMA, top_k_for_shard
 
@@ -545,3 +560,248 @@ def test_open_rejects_an_unknown_shard_kind(built_exact):
     with pytest.raises(ShardError, match="unknown shard kind 'faiss'") as excinfo:
         Shard.open({**built_exact, "kind": "faiss"})
     _assert_names_the_shard(excinfo, built_exact)
+
+
+# --- IVF shards (faiss) ------------------------------------------------------------------
+
+IVF_SETTINGS = IndexSettings(kind=IVF)
+IVF_CATEGORY = "Women's Shoes"
+
+
+def ivf_row(members: pd.DataFrame, index_dir: Path, *, settings: IndexSettings = IVF_SETTINGS):
+    """A manifest row of an IVF shard built by build_shard, as build_category_indexes forms it."""
+    shard_id = shard_id_for(IVF_CATEGORY)
+    built = build_shard(
+        members, shard_id=shard_id, index_dir=index_dir, settings=settings, kind=IVF
+    )
+    return {
+        "run_id": RUN_ID,
+        "shard_id": shard_id,
+        "category": IVF_CATEGORY,
+        "metric": METRIC,
+        "model_id": MODEL_ID,
+        **built,
+    }
+
+
+@pytest.fixture(scope="module")
+def sofas() -> pd.DataFrame:
+    """3,000 SKUs in 60 clusters, 64-d (clustered like product photos); every 7th inactive."""
+    n = 3000
+    vectors = clustered_vectors(n, 64, n_clusters=60, spread=0.12, seed=21)
+    members = members_frame(vectors, [f"sofa-{i:05d}" for i in range(n)], np.arange(n) % 7 != 3)
+    return members.sample(frac=1.0, random_state=5).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def sofas_exact(sofas, tmp_path_factory) -> pd.DataFrame:
+    shard_id = shard_id_for(IVF_CATEGORY)
+    folder = tmp_path_factory.mktemp("exact")
+    built = build_shard(sofas, shard_id=shard_id, index_dir=folder, settings=SETTINGS, kind=EXACT)
+    row = {"shard_id": shard_id, "category": IVF_CATEGORY, "metric": METRIC, "model_id": MODEL_ID}
+    return top_k_for_shard(Shard.open(row | built), k=K, search_k=-1, run_id=RUN_ID)
+
+
+@pytest.fixture(scope="module")
+def sofas_ivf(sofas, tmp_path_factory) -> dict:
+    return ivf_row(sofas, tmp_path_factory.mktemp("ivf"))
+
+
+def _by_sku(rows: pd.DataFrame) -> dict[str, list[str]]:
+    return rows.groupby("sku_id")["similar_sku_id"].apply(list).to_dict()
+
+
+def test_ivf_shard_is_a_faiss_file_in_the_manifest_row(sofas, sofas_ivf):
+    row = sofas_ivf
+    assert row["kind"] == IVF and row["n_trees"] == 0 and row["dim"] == 64
+    assert row["n_items"] == 3000 and row["n_active"] == int(sofas["is_active"].sum())
+    path = Path(row["path"])
+    assert path.name == f"{row['shard_id']}.faiss"
+    assert not list(path.parent.glob("*.partial"))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == row["checksum"]
+    shard = Shard.open(row)
+    # nlist about 4 sqrt(n) (219) but at least 39 vectors a list (76); nprobe from settings.
+    assert shard.index.nlist == ivf_lists(3000) == 76
+    assert shard.index.nprobe == IVF_SETTINGS.nprobe
+    # Its stored vectors are the unit vectors it was given, in sku_id order.
+    ordered = sofas.sort_values("sku_id")
+    assert shard.sku_ids.tolist() == ordered["sku_id"].tolist()
+    np.testing.assert_allclose(
+        shard.item_vectors(np.array([0, 5, 2999])),
+        _unit(np.stack(ordered["embedding"].to_numpy()[[0, 5, 2999]])),
+        atol=1e-6,
+    )
+
+
+def test_ivf_answers_match_the_exact_shard_at_high_recall(sofas, sofas_ivf, sofas_exact):
+    found = top_k_for_shard(Shard.open(sofas_ivf), k=K, search_k=-1, run_id=RUN_ID)
+    want, got = _by_sku(sofas_exact), _by_sku(found)
+    assert set(got) == set(want)  # every active SKU, and only those
+    hits = sum(len(set(got[s]) & set(w)) for s, w in want.items())
+    assert hits / sum(len(w) for w in want.values()) >= 0.99
+    # Where IVF found the exact neighbors, it gives them the exact kind's scores, bit for bit
+    # (both rescore in float64), in the same order.
+    merged = found.merge(sofas_exact, on=["sku_id", "rank"], suffixes=("", "_exact"))
+    same = merged["similar_sku_id"] == merged["similar_sku_id_exact"]
+    assert same.mean() >= 0.98
+    np.testing.assert_array_equal(merged.loc[same, "score"], merged.loc[same, "score_exact"])
+
+
+def test_ivf_scanning_every_list_is_the_exact_answer(sofas, sofas_exact, tmp_path):
+    row = ivf_row(sofas, tmp_path, settings=IndexSettings(kind=IVF, nprobe=10_000))
+    found = top_k_for_shard(Shard.open(row), k=K, search_k=-1, run_id=RUN_ID)
+    pd.testing.assert_frame_equal(found, sofas_exact)
+
+
+def test_ivf_leaves_out_inactive_skus_and_self(sofas, sofas_ivf):
+    found = top_k_for_shard(Shard.open(sofas_ivf), k=K, search_k=-1, run_id=RUN_ID)
+    inactive = set(sofas.loc[~sofas["is_active"], "sku_id"])
+    assert not found["similar_sku_id"].isin(inactive).any()
+    assert not found["sku_id"].isin(inactive).any()
+    assert not (found["sku_id"] == found["similar_sku_id"]).any()
+    assert (found.groupby("sku_id").size() == K).all()
+    for _, rows in found.groupby("sku_id"):
+        assert (np.diff(rows["score"].to_numpy()) <= 0).all()
+
+
+def test_ivf_widens_when_the_probed_lists_hold_only_inactive_neighbors(tmp_path):
+    # An active SKU among 60 inactive near copies of itself, one list scanned: that list
+    # gives too few active items, so the query scans more lists until k remain.
+    rng = np.random.default_rng(5)
+    center = _unit(rng.normal(size=16))
+    near = _unit(center + 0.01 * rng.normal(size=(61, 16)))
+    far = clustered_vectors(400, 16, n_clusters=8, spread=0.3, seed=6)
+    sku_ids = ["a-active"] + [f"b-inactive-{i:02d}" for i in range(60)]
+    sku_ids += [f"c-{i:03d}" for i in range(400)]
+    members = members_frame(np.vstack([near, far]), sku_ids, [True] + [False] * 60 + [True] * 400)
+    row = ivf_row(members, tmp_path, settings=IndexSettings(kind=IVF, nprobe=1))
+    shard = Shard.open(row)
+    assert shard.index.nlist > 1 and shard.index.nprobe == 1
+    (own_list,) = shard.index.quantizer.search(shard.item_vectors(np.array([0])), 1)[1]
+    lists = faiss.extract_index_ivf(shard.index).invlists
+    in_list = faiss.rev_swig_ptr(lists.get_ids(int(own_list[0])), lists.list_size(int(own_list[0])))
+    assert shard.is_active[in_list].sum() - 1 < K  # its own list alone cannot fill K
+    (ids, scores), *_ = shard.search(
+        shard.item_vectors(np.array([0])), K, search_k=-1, active_only=True, exclude=np.array([0])
+    )
+    assert len(ids) == K and shard.is_active[ids].all() and 0 not in ids
+    assert (np.diff(scores) <= 0).all()
+
+
+def test_ivf_exact_duplicates_tie_and_are_ordered_by_sku_id(tmp_path):
+    vectors = clustered_vectors(40, 16, n_clusters=3, spread=0.3, seed=9)
+    copies = np.repeat(vectors[:1], 3, axis=0)
+    sku_ids = ["dup-c", "dup-a", "dup-b"] + [f"other-{i:02d}" for i in range(39)]
+    members = members_frame(np.vstack([copies, vectors[1:]]), sku_ids, True)
+    similar = top_k_for_shard(Shard.open(ivf_row(members, tmp_path)), k=K, search_k=-1, run_id="r")
+    for sku_id, others in [("dup-a", ["dup-b", "dup-c"]), ("dup-c", ["dup-a", "dup-b"])]:
+        top = similar[similar["sku_id"] == sku_id].head(2)
+        assert top["similar_sku_id"].tolist() == others
+        assert top["score"].iloc[0] == top["score"].iloc[1] == pytest.approx(1.0, abs=1e-6)
+    for _, rows in similar[~similar["sku_id"].str.startswith("dup-")].groupby("sku_id"):
+        dups = rows[rows["similar_sku_id"].str.startswith("dup-")]
+        # All three, or those the cut at K leaves, always in sku_id order at one score.
+        names = dups["similar_sku_id"].tolist()
+        assert names == ["dup-a", "dup-b", "dup-c"][: len(names)]
+        assert dups["score"].nunique() <= 1
+
+
+def test_ivf_shard_with_no_active_sku_answers_nothing(tmp_path):
+    vectors = clustered_vectors(100, 8, n_clusters=2, spread=0.3, seed=1)
+    members = members_frame(vectors, [f"x{i:03d}" for i in range(100)], False)
+    similar = top_k_for_shard(Shard.open(ivf_row(members, tmp_path)), k=K, search_k=-1, run_id="r")
+    assert len(similar) == 0 and list(similar.columns) == SIMILAR_ITEMS_SCHEMA.fieldNames()
+
+
+def test_two_ivf_builds_of_the_same_input_are_byte_identical(sofas, sofas_ivf, tmp_path):
+    # Same rows in another order and another number of faiss threads: the training sample
+    # and k-means are seeded, items are added in sku_id order, so the file is the same byte
+    # for byte (and so are its answers).
+    shuffled = sofas.sample(frac=1.0, random_state=99).reset_index(drop=True)
+    built = {}
+    for threads in ("1", "2"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OMP_NUM_THREADS", threads)
+            built[threads] = ivf_row(shuffled, tmp_path / threads)
+    for row in built.values():
+        assert Path(row["path"]).read_bytes() == Path(sofas_ivf["path"]).read_bytes()
+        assert row["checksum"] == sofas_ivf["checksum"]
+
+
+def test_another_seed_trains_another_ivf_file(sofas, sofas_ivf, tmp_path):
+    other = ivf_row(sofas, tmp_path, settings=IndexSettings(kind=IVF, seed=SETTINGS.seed + 1))
+    assert other["checksum"] != sofas_ivf["checksum"]
+
+
+@pytest.fixture()
+def built_ivf(tmp_path) -> dict:
+    vectors = clustered_vectors(400, 16, n_clusters=5, spread=0.3, seed=4)
+    return ivf_row(members_frame(vectors, [f"s{i:03d}" for i in range(400)], True), tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_open_rejects_a_damaged_ivf_shard(built_ivf, damage):
+    path = Path(built_ivf["path"])
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError) as excinfo:
+        Shard.open(built_ivf)
+    _assert_names_the_shard(excinfo, built_ivf)
+    assert "checksum" in str(excinfo.value)
+
+
+def test_open_rejects_a_file_that_is_not_a_faiss_index(built_ivf):
+    # A file matching its (rewritten) checksum that faiss cannot read is refused by name.
+    path = Path(built_ivf["path"])
+    path.write_bytes(b"not an index")
+    row = {**built_ivf, "checksum": hashlib.sha256(b"not an index").hexdigest()}
+    with pytest.raises(ShardError, match="is not a faiss index") as excinfo:
+        Shard.open(row)
+    _assert_names_the_shard(excinfo, row)
+
+
+def test_recall_is_sampled_on_ivf_shards(sofas_ivf):
+    shard = Shard.open(sofas_ivf)
+    got = recall_of_shard(shard, k=K, search_k=-1, queries=200, seed=3)
+    assert got["kind"] == IVF and got["queries"] == 200 and got["wanted"] == 200 * K
+    assert got["hits"] / got["wanted"] >= 0.99
+    shard.index.nprobe = 1
+    assert recall_of_shard(shard, k=K, search_k=-1, queries=200, seed=3)["hits"] < got["hits"]
+
+
+# --- index.kind ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "small", "large"),
+    [
+        ("auto", EXACT, IVF),
+        ("ivf", EXACT, IVF),
+        ("annoy", EXACT, ANNOY),
+        ("exact", EXACT, EXACT),
+    ],
+)
+def test_kind_chooses_exact_up_to_exact_max_size_then_the_configured_index(kind, small, large):
+    settings = IndexSettings(kind=kind, exact_max_size=1000)
+    assert choose_kind(0, settings) == small
+    assert choose_kind(1000, settings) == small
+    assert choose_kind(1001, settings) == large
+    assert choose_kind(10_000_000, settings) == large
+
+
+def test_auto_is_the_default_and_keeps_small_shards_exact():
+    assert SETTINGS.kind == AUTO
+    assert choose_kind(SETTINGS.exact_max_size, SETTINGS) == EXACT
+    assert choose_kind(SETTINGS.exact_max_size + 1, SETTINGS) == IVF
+
+
+def test_annoy_is_still_selectable_and_builds_an_annoy_file(catalog, tmp_path):
+    settings = IndexSettings(kind=ANNOY, exact_max_size=10)
+    kind = choose_kind(len(catalog), settings)
+    built = build_shard(catalog, shard_id="a", index_dir=tmp_path, settings=settings, kind=kind)
+    assert built["kind"] == ANNOY and Path(built["path"]).suffix == ".ann"
+    assert built["n_trees"] == settings.n_trees

@@ -196,7 +196,7 @@ def _open(built: dict, category: str = "shoes") -> Shard:
 
 
 @needs_s3
-@pytest.mark.parametrize("kind", ["annoy", "exact"])
+@pytest.mark.parametrize("kind", ["annoy", "exact", "ivf"])
 def test_a_shard_on_object_storage_answers_like_the_same_shard_on_disk(
     s3_root, tmp_path, monkeypatch, kind
 ):
@@ -244,7 +244,7 @@ def test_spark_tasks_build_and_query_shards_on_object_storage(spark, s3_root, tm
         "sku_id string, category string, is_active boolean, model_id string, "
         "embedding array<float>",
     )
-    settings = IndexSettings(exact_max_size=100)  # shoes (160) Annoy, bags (80) exact
+    settings = IndexSettings(exact_max_size=100)  # shoes (160) IVF (auto), bags (80) exact
 
     def answers(index_dir) -> list:
         manifest_df = build_category_indexes(
@@ -257,7 +257,7 @@ def test_spark_tasks_build_and_query_shards_on_object_storage(spark, s3_root, tm
     assert remote == answers(Location.of(tmp_path / "index"))
     assert len({row.sku_id for row in remote}) == int(members["is_active"].sum())
     names = [p.name for p in (s3_root / "index").iterdir()]
-    assert sum(n.endswith(".ann") for n in names) and sum(n.endswith(".npy") for n in names)
+    assert sum(n.endswith(".faiss") for n in names) and sum(n.endswith(".npy") for n in names)
 
 
 # --- Delta tables on object storage -----------------------------------------------------------
@@ -468,5 +468,7 @@ def test_the_whole_nightly_runs_and_publishes_on_object_storage(
     assert similar.num_rows > 0 and set(similar["rank"].to_pylist()) == {1, 2, 3}
     assert (layout.report_dir / "duplicates.html").is_file()
     shard_files = [p.name for p in layout.index_dir.iterdir()]
-    assert shard_files and all(n.endswith((".ann", ".npy", ".parquet")) for n in shard_files)
+    assert shard_files and all(
+        n.endswith((".ann", ".faiss", ".npy", ".parquet")) for n in shard_files
+    )
     assert f"Delta tables       {layout.tables}" in done.stdout

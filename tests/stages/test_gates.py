@@ -49,7 +49,8 @@ def _write_run(ctx: RunContext) -> None:
 def _context(tmp_path, **index) -> RunContext:
     config = Config().with_overrides(
         output={"root": str(tmp_path)},
-        index={"exact_max_size": 500, "max_shard_size": 700, **index},
+        # Annoy: its effort (n_trees, search_k) is what starves the recall below.
+        index={"exact_max_size": 500, "max_shard_size": 700, "kind": "annoy", **index},
         neighbors={"recall_queries": 40},
     )
     ctx = RunContext(config, dt.date(2026, 11, 23))

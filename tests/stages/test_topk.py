@@ -1,6 +1,6 @@
 """Top-K at scale: sub-shards, exact shards, merged answers, measured recall, PCA, on Spark.
 
-Real Annoy and .npy shard files built by ``build_category_indexes`` on Spark local[2] in
+Real Annoy, faiss IVF and .npy shard files built by ``build_category_indexes`` on Spark local[2] in
 tmp_path, queried through the neighbors and duplicates stages' own functions; every answer is
 checked against a brute-force cosine top-K computed with numpy.
 """
@@ -16,7 +16,7 @@ from chispa import assert_df_equality
 from pyspark.sql import types as T
 
 from lookalike.config import IndexSettings
-from lookalike.core.ann import ANNOY, EXACT, top_k
+from lookalike.core.ann import ANNOY, EXACT, IVF, top_k
 from lookalike.core.projection import Projection
 from lookalike.stages.duplicate_pairs import embedding_pairs
 from lookalike.stages.index import build_category_indexes, fit_projection, measure_recall
@@ -95,7 +95,11 @@ def embeddings_df(spark, catalog):
 def mixed(embeddings_df, tmp_path_factory) -> pd.DataFrame:
     """Sub-shards of 70 at most; those of at most 60 exact, the others Annoy (read only)."""
     return build(
-        embeddings_df, tmp_path_factory.mktemp("mixed"), max_shard_size=70, exact_max_size=60
+        embeddings_df,
+        tmp_path_factory.mktemp("mixed"),
+        max_shard_size=70,
+        exact_max_size=60,
+        kind=ANNOY,
     )
 
 
@@ -155,11 +159,16 @@ def test_exact_search_returns_fewer_when_fewer_are_allowed():
 @pytest.mark.parametrize(
     ("layout", "settings"),
     [
-        ("one Annoy shard per category", {"exact_max_size": 0}),
+        ("one Annoy shard per category", {"exact_max_size": 0, "kind": ANNOY}),
         ("one exact shard per category", {"exact_max_size": 10_000}),
-        ("Annoy sub-shards", {"max_shard_size": 70, "exact_max_size": 0}),
+        ("Annoy sub-shards", {"max_shard_size": 70, "exact_max_size": 0, "kind": ANNOY}),
         ("exact sub-shards", {"max_shard_size": 70, "exact_max_size": 10_000}),
-        ("mixed", {"max_shard_size": 100, "exact_max_size": 60}),
+        ("mixed", {"max_shard_size": 100, "exact_max_size": 60, "kind": ANNOY}),
+        # IVF: nprobe 8 covers every list of these shards (at most 6), so it is exact too.
+        ("one IVF shard per category", {"exact_max_size": 0, "kind": IVF}),
+        ("IVF sub-shards (auto)", {"max_shard_size": 70, "exact_max_size": 0}),
+        ("mixed IVF and exact (auto)", {"max_shard_size": 100, "exact_max_size": 60}),
+        ("every shard exact", {"exact_max_size": 0, "kind": EXACT}),
     ],
 )
 def test_answers_equal_the_brute_force_top_k(
@@ -211,7 +220,7 @@ def test_no_self_inactive_other_category_or_own_duplicate_in_any_answer(spark, c
 def test_own_duplicates_removed_and_the_rest_equal_brute_force(
     spark, embeddings_df, catalog, tmp_path
 ):
-    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=0)
+    manifest = build(embeddings_df, tmp_path, max_shard_size=70, exact_max_size=0, kind=ANNOY)
     clusters = [("dup-hats", "hats-000"), ("dup-hats", "hats-001")]
     # Asked for one more than K, as the stage does for clusters of two, then cut to K.
     manifest_df = spark.createDataFrame(manifest)
@@ -274,8 +283,9 @@ def test_near_duplicate_pairs_are_found_across_sub_shards(spark, catalog, mixed)
 # --- determinism and broken files ------------------------------------------------------------
 
 
-def test_two_builds_give_byte_identical_files(embeddings_df, tmp_path):
-    settings = {"max_shard_size": 70, "exact_max_size": 60}
+@pytest.mark.parametrize("kind", [ANNOY, IVF])
+def test_two_builds_give_byte_identical_files(embeddings_df, tmp_path, kind):
+    settings = {"max_shard_size": 70, "exact_max_size": 60, "kind": kind}
     first = build(embeddings_df, tmp_path / "a", **settings)
     second = build(embeddings_df.orderBy("embedding"), tmp_path / "b", **settings)
     assert first["checksum"].tolist() == second["checksum"].tolist()
@@ -288,7 +298,11 @@ def test_two_builds_give_byte_identical_files(embeddings_df, tmp_path):
 # stage meets it.
 @pytest.mark.parametrize(
     ("kind_settings", "damage"),
-    [({"exact_max_size": 0}, "corrupt"), ({"exact_max_size": 10_000}, "missing")],
+    [
+        ({"exact_max_size": 0, "kind": ANNOY}, "corrupt"),
+        ({"exact_max_size": 0, "kind": IVF}, "corrupt"),
+        ({"exact_max_size": 10_000}, "missing"),
+    ],
 )
 def test_a_broken_shard_file_fails_the_query_naming_the_shard(
     spark, embeddings_df, tmp_path, kind_settings, damage
@@ -318,7 +332,11 @@ def test_recall_is_measured_per_annoy_shard_and_falls_with_a_tiny_search_k(spark
     vectors = _unit(rng.normal(size=(2000, 32))).astype(np.float32)  # no structure: hard
     rows = [(f"s{i:04d}", "c", True, "m1", v.tolist()) for i, v in enumerate(vectors)]
     manifest = build(
-        spark.createDataFrame(rows, EMBEDDINGS_SCHEMA), tmp_path, exact_max_size=0, n_trees=2
+        spark.createDataFrame(rows, EMBEDDINGS_SCHEMA),
+        tmp_path,
+        exact_max_size=0,
+        n_trees=2,
+        kind=ANNOY,
     )
     manifest_df = spark.createDataFrame(manifest)
 
@@ -329,6 +347,29 @@ def test_recall_is_measured_per_annoy_shard_and_falls_with_a_tiny_search_k(spark
 
     assert recall(EXHAUSTIVE) == 1.0
     assert recall(10) < 0.9
+
+
+def test_recall_is_measured_per_ivf_shard_and_falls_with_one_list_scanned(spark, tmp_path):
+    # The ivf path through the stage: index.kind ivf above a tiny exact_max_size, the
+    # recall sampling of measure_recall, and nprobe (stored in the file) deciding it.
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng.normal(size=(2000, 32))).astype(np.float32)  # no structure: hard
+    rows = [(f"s{i:04d}", "c", True, "m1", v.tolist()) for i, v in enumerate(vectors)]
+    embeddings_df = spark.createDataFrame(rows, EMBEDDINGS_SCHEMA)
+
+    def recall(nprobe):
+        manifest = build(
+            embeddings_df, tmp_path / str(nprobe), exact_max_size=10, kind=IVF, nprobe=nprobe
+        )
+        assert manifest["kind"].tolist() == [IVF] and manifest["n_trees"].tolist() == [0]
+        assert Path(manifest["path"].iloc[0]).suffix == ".faiss"
+        manifest_df = spark.createDataFrame(manifest)
+        (row,) = measure_recall(manifest_df, k=10, search_k=-1, queries=50, seed=1).collect()
+        assert row["kind"] == IVF and row["queries"] == 50 and row["wanted"] == 500
+        return row["hits"] / row["wanted"]
+
+    assert recall(1_000) == 1.0  # every one of its 51 lists
+    assert recall(1) < 0.9
 
 
 def test_exact_shards_are_not_sampled(spark, embeddings_df, tmp_path):
