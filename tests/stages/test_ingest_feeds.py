@@ -90,6 +90,7 @@ def test_a_google_merchant_rss_feed_is_ingested_as_sent(spark, tmp_path):
     assert dress["title"] == 'Linen dress <script>alert(1)</script>, "S"'  # text, kept as sent
     assert dress["is_active"]
     assert not catalog.loc["DRESS-1-M", "is_active"]  # out_of_stock
+    assert set(catalog["item_group_id"]) == {"DRESS-1"}
     by_reason = dict(zip(rejects["reason"], rejects["record"], strict=True))
     assert set(by_reason) == {"missing_sku_id", "invalid_is_active"}
     assert "discontinued" in by_reason["invalid_is_active"]
@@ -166,6 +167,11 @@ def test_a_shopify_export_gives_one_row_per_variant(spark, tmp_path):
     assert catalog.loc["LD-RED", "category"] == "Dresses"
     assert catalog.loc["LD-RED", "title"].startswith('Linen dress, "summer"')
     assert catalog.loc["LD-BLUE", "is_active"] and not catalog.loc["HAT-1", "is_active"]
+    assert catalog["item_group_id"].to_dict() == {
+        "HAT-1": "old-hat",
+        "LD-BLUE": "linen-dress",
+        "LD-RED": "linen-dress",
+    }
     assert rejects.empty
 
 

@@ -156,8 +156,8 @@ FEED_FORMATS = (GOOGLE_MERCHANT, SHOPIFY, CSV, PARQUET)
 # The ingest stage's columns (lookalike.stages.ingest, which imports Spark: copied, and a test
 # checks they agree), then what a feed adds.
 REQUIRED_COLUMNS = ("sku_id", "category", "image_uri", "is_active")
-OPTIONAL_COLUMNS = ("title", "updated_at", "category_path")
-FEED_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "item_group_id", "additional_image_uris")
+OPTIONAL_COLUMNS = ("title", "updated_at", "category_path", "item_group_id")
+FEED_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "additional_image_uris")
 FEED_SCHEMA = pa.schema(
     [pa.field(name, pa.string()) for name in FEED_COLUMNS[:-1]]
     + [pa.field("additional_image_uris", pa.list_(pa.string()))]
