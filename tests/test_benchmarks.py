@@ -68,6 +68,12 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"^ +1280 +600 +# +# +# +# +# +# +# +# +#$",
     ),
     "grocery_finetune.py": ("trunk features: # images, # s", "model_id: ", "recorded in "),
+    "http_images.py": (
+        r"^20 real photos \(# MB\)",
+        r"\(a\) disk: 20 images in # s: # images/s",
+        r"\(b\) http: 20 images in # s: # images/s \(20 downloads, # MB\); http/disk speed x#",
+        r"\(c\) unchanged http night: .* 20 answered 304 of 20 requests, 0 downloads, 0 bytes",
+    ),
     "object_storage.py": (
         r"local disk \(hard links \+ commit\) +# s",
         r"S3 \(server-side copies \+ commit\) +# s +x#",
