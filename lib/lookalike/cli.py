@@ -36,7 +36,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=datetime.now(UTC).date(),
         help="the run's logical date, YYYY-MM-DD (default: today, UTC)",
     )
-    parser.add_argument("--catalog", help="catalog CSV or Parquet; overrides catalog.path")
+    parser.add_argument(
+        "--catalog",
+        help="catalog (CSV, Parquet, or a Google Merchant / Shopify feed); overrides catalog.path",
+    )
     parser.add_argument("--output", help=OUTPUT_HELP)
 
 
