@@ -451,6 +451,9 @@ def test_embed_of_an_empty_catalog_writes_empty_outputs(spark, tmp_path):
         "reused_by_content": 0,
         "hashed": 0,
         "bytes_hashed": 0,
+        "http_downloads": 0,
+        "http_not_modified": 0,
+        "http_bytes": 0,
         "rejected": 0,
     }
     embeddings_df = spark.read.parquet(str(ctx.layout.embeddings))

@@ -148,6 +148,8 @@ def _detect_format(path: str) -> str:
         return "parquet"
     if "://" in path:  # not sniffed on object storage: name the format in catalog.format
         return "csv"
+    if os.path.getsize(path) == 0:  # the csv reader says what an empty catalog is
+        return "csv"
     try:
         return feeds.detect_format(path)
     except feeds.FeedError as err:
