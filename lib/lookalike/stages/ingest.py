@@ -212,6 +212,14 @@ def control_character_detail(name: str, col: Column) -> Column:
     )
 
 
+def too_long_detail(name: str, max_length: int) -> Column:
+    """``sku_id is 300 characters long, over catalog.max_sku_id_length 256``."""
+    return F.format_string(
+        f"{name} is %d characters long, over catalog.max_sku_id_length {max_length}",
+        F.length(name),
+    )
+
+
 def without_nul(col: Column) -> Column:
     return F.regexp_replace(col, r"\x00", "")
 
@@ -324,11 +332,7 @@ def validate_catalog(
             )
             .when(
                 F.col("reason") == SKU_ID_TOO_LONG,
-                F.format_string(
-                    f"sku_id is %d characters long, over catalog.max_sku_id_length "
-                    f"{max_sku_id_length}",
-                    F.length("sku_id"),
-                ),
+                too_long_detail("sku_id", max_sku_id_length),
             )
             .when(
                 F.col("reason") == DUPLICATE_SKU_ID,
@@ -348,11 +352,7 @@ def validate_catalog(
             )
             .when(
                 F.col("reason") == ITEM_GROUP_ID_TOO_LONG,
-                F.format_string(
-                    f"item_group_id is %d characters long, over catalog.max_sku_id_length "
-                    f"{max_sku_id_length}",
-                    F.length("item_group_id"),
-                ),
+                too_long_detail("item_group_id", max_sku_id_length),
             )
             .when(F.col("reason") == MISSING_IMAGE_URI, F.lit("image_uri is empty"))
             .when(
