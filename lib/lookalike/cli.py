@@ -133,7 +133,8 @@ def _configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("py4j", "pyspark"):
+    # faiss's loader reports at INFO every CPU instruction set it did not find (AVX-512, ...).
+    for noisy in ("py4j", "pyspark", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
