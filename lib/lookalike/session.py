@@ -21,6 +21,15 @@ _REQUIRED_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.adaptive.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
+    # A row of the embeddings is ~21 kB (1280-d vector, 3 x 1280-d descriptor, thumbnail):
+    # Spark's default batch of 4,096 such rows per column needs ~90 MB of contiguous heap per
+    # task, and ran a 1 GB local driver out of memory reusing 100k stored vectors
+    # (benchmarks/unchanged_night.py). 512 rows keep a batch near 11 MB.
+    "spark.sql.parquet.columnarReaderBatchSize": "512",
+    # Each writing task buffers a whole row group in the heap: Parquet's 128 MB per task then
+    # ran the same driver out of memory writing those vectors back. 32 MB row groups still
+    # read at full speed.
+    "spark.hadoop.parquet.block.size": str(32 * 2**20),
 }
 
 
