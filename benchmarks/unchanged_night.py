@@ -148,11 +148,8 @@ def main() -> int:
                 "conf": {
                     "spark.sql.shuffle.partitions": "4",
                     "spark.ui.enabled": "false",
-                    # Rows of ~21 kB (the 1280-d vector and its descriptors): with Spark's
-                    # 4,096-row read batches and 128 MB row groups per writing task, reusing
-                    # 100k stored vectors ran the default 1 GB local driver out of heap.
-                    "spark.sql.parquet.columnarReaderBatchSize": "512",
-                    "spark.hadoop.parquet.block.size": str(32 * 2**20),
+                    # The default 1 GB local driver: the session's Parquet batch and row-group
+                    # defaults (lookalike.session) are what let it reuse 100k stored vectors.
                 },
             },
         )

@@ -107,9 +107,13 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"real duplicate listings in a cluster: +# of #",
     ),
     "topk_scale.py": (
-        r"dim= 128 N= +3,000: index +# s .* recall@10 #",
-        r"dim=1280 N= +3,000: index +# s \(# shards, # exact\) .* recall@10 #",
-        r"N=3,000: dim 128 -> 1280: time x#",
+        r"dim= 128 N= +3,000 +auto: index +# s .* recall@10 #",
+        r"dim=1280 N= +3,000 +auto: index +# s \(# shards: # exact, # IVF, # Annoy\) .*"
+        r"peak memory # GiB; recall@10 #",
+        r"dim=1280 N= +3,000 annoy: index +# s .* recall@10 #",
+        r"dim=1280 N= +3,000 exact: index +# s \(# shards: # exact, 0 IVF, 0 Annoy\)",
+        r"dim=1280 N=3,000: exact took x# the time of auto",
+        r"N=3,000 auto: dim 128 -> 1280: time x#",
         r"brute force dim=128 N=1,000: (# s; ours # s: #x faster|did not finish)",
     ),
 }

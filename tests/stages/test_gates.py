@@ -70,7 +70,14 @@ def starved(spark, tmp_path_factory):
 def test_the_stage_records_recall_per_annoy_shard(starved):
     ctx, index, counts = starved
     # "big" (1200) is split in two Annoy sub-shards of about 600; "small" (300) is exact.
-    assert index == {"shards": 3, "exact_shards": 1, "categories": 2, "items": N}
+    assert index == {
+        "shards": 3,
+        "exact_shards": 1,
+        "annoy_shards": 2,
+        "ivf_shards": 0,
+        "categories": 2,
+        "items": N,
+    }
     by_shard = counts["recall_at_k_by_shard"]
     assert len(by_shard) == 2 and all(s.startswith("big-") for s in by_shard)
     assert counts["recall_queries"] == 80

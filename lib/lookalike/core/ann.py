@@ -55,6 +55,7 @@ METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
 ANNOY, EXACT, IVF = "annoy", "exact", "ivf"
 AUTO = "auto"  # index.kind: exact up to exact_max_size, else IVF
 KINDS = (AUTO, EXACT, ANNOY, IVF)
+SHARD_KINDS = (EXACT, ANNOY, IVF)  # what a shard is (auto chooses one of them)
 NO_PROJECTION = "none"  # the manifest's projection without PCA
 
 # Query vectors per block of exact search: 512 x 100k float32 scores = 200 MB at most.

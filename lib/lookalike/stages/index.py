@@ -40,8 +40,8 @@ from pyspark.sql import types as T
 
 from lookalike.config import IndexSettings
 from lookalike.core.ann import (
-    EXACT,
     METRIC,
+    SHARD_KINDS,
     Shard,
     build_shard,
     choose_kind,
@@ -352,14 +352,15 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         read(spark, ctx.layout.index_manifest, "index")
         .agg(
             F.sum("n_items").alias("items"),
-            F.count_if(F.col("kind") == EXACT).alias("exact_shards"),
+            *(F.count_if(F.col("kind") == kind).alias(f"{kind}_shards") for kind in SHARD_KINDS),
             F.count_distinct("category").alias("categories"),
         )
         .first()
     )
     return {
         "shards": n_shards,
-        "exact_shards": int(totals["exact_shards"] or 0),
+        # Shards by kind: what index.kind: auto chose tonight, in the runs record.
+        **{f"{kind}_shards": int(totals[f"{kind}_shards"] or 0) for kind in SHARD_KINDS},
         "categories": int(totals["categories"] or 0),
         "items": int(totals["items"] or 0),
     }
