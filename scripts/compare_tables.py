@@ -100,33 +100,51 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, tolerance: float) -> str 
     return None
 
 
+def table_names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "tables").iterdir() if (p / "_delta_log").is_dir())
+
+
+def table_report(before: Path, after: Path, tolerance: float) -> dict[str, tuple[str, str | None]]:
+    """Each table of two output roots: (its size, what differs or None)."""
+    names = {root: table_names(root) for root in (before, after)}
+    if names[before] != names[after]:
+        raise ValueError(f"the tables differ: {names[before]} vs {names[after]}")
+    report = {}
+    for name in names[before]:
+        a, b = load(before, name), load(after, name)
+        if name in RECORDS_ONLY:
+            same = len(a) == len(b)
+            report[name] = (f"{len(a)} vs {len(b)} records", None if same else "record counts")
+        else:
+            report[name] = (f"{len(a)} rows", compare(a, b, tolerance))
+    return report
+
+
+def compare_roots(before: Path, after: Path, tolerance: float = 1e-5) -> dict[str, str]:
+    """What differs between the tables of two output roots, by table; empty when nothing."""
+    report = table_report(before, after, tolerance)
+    return {name: difference for name, (_, difference) in report.items() if difference}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--tolerance", type=float, default=1e-5)
     args = parser.parse_args()
-    names = {
-        root: sorted(p.name for p in (root / "tables").iterdir() if (p / "_delta_log").is_dir())
-        for root in (args.before, args.after)
-    }
-    if names[args.before] != names[args.after]:
-        sys.exit(f"the tables differ: {names[args.before]} vs {names[args.after]}")
-    failed = False
-    for name in names[args.before]:
-        before, after = load(args.before, name), load(args.after, name)
+    try:
+        report = table_report(args.before, args.after, args.tolerance)
+    except ValueError as err:
+        sys.exit(str(err))
+    for name, (size, difference) in report.items():
         if name in RECORDS_ONLY:
-            same = len(before) == len(after)
-            print(f"{name}: {len(before)} vs {len(after)} records" + ("" if same else "  DIFFER"))
-            failed |= not same
-            continue
-        difference = compare(before, after, args.tolerance)
-        print(
-            f"{name}: {len(before)} rows "
-            + ("identical" if difference is None else f"DIFFER: {difference}")
-        )
-        failed |= difference is not None
-    sys.exit(1 if failed else 0)
+            print(f"{name}: {size}" + ("" if difference is None else "  DIFFER"))
+        else:
+            print(
+                f"{name}: {size} "
+                + ("identical" if difference is None else f"DIFFER: {difference}")
+            )
+    sys.exit(1 if any(difference for _, difference in report.values()) else 0)
 
 
 if __name__ == "__main__":

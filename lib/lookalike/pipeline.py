@@ -84,7 +84,12 @@ def run_stage(stage: str, spark: SparkSession, ctx: RunContext) -> StageResult:
     """Run one stage and record its counts and time for the runs record."""
     log.info("stage %s: started (run %s)", stage, ctx.run_id)
     started = time.perf_counter()
-    counts = STAGE_FUNCTIONS[stage](spark, ctx)
+    # Every Spark job of the stage carries its name in the Spark UI and its REST API.
+    spark.sparkContext.setJobDescription(f"lookalike {stage} (run {ctx.run_id})")
+    try:
+        counts = STAGE_FUNCTIONS[stage](spark, ctx)
+    finally:
+        spark.sparkContext.setJobDescription(None)
     result = StageResult(stage, counts, time.perf_counter() - started)
     ctx.layout.stats(stage).write_text(
         json.dumps({"counts": counts, "seconds": result.seconds}, sort_keys=True)
