@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -116,6 +117,67 @@ def sweep(args, settings: IndexSettings) -> None:
                       + " ".join(f"{r:>10.4f}" for r in recalls))  # fmt: skip
 
 
+def real_sweep(args, settings: IndexSettings) -> None:
+    """IVF recall@k by the share of lists scanned, on real photos' vectors: chosen on one half
+    of the photos (the smallest share whose worst seed reaches --target), reported on the
+    other half, each half one shard, for each seed (a seed draws the halves, the k-means
+    sample and the sampled queries)."""
+    from pca_real import synthetic_vectors_file
+    from real_vectors import load_real_vectors
+
+    if args.smoke:
+        scratch = Path(tempfile.mkdtemp(prefix="lookalike-ivf-real-"))
+        vectors, _ = load_real_vectors(synthetic_vectors_file(scratch / "vectors.npz", n=800))
+    else:
+        vectors, _ = load_real_vectors(Path(args.real))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    half = len(vectors) // 2
+    print(
+        f"\nIVF recall@{args.k} by share of lists scanned, real vectors ({len(vectors)} x "
+        f"{vectors.shape[1]}; halves of {half}, {ivf_lists(half)} lists; {args.queries} "
+        f"sampled queries): choose on half A, report on half B"
+    )
+    print(f"{'half':>5} {'seed':>5} " + " ".join(f"{'share ' + format(p, 'g'):>12}"
+          for p in args.shares))  # fmt: skip
+    worst: dict[str, list[float]] = {"A": [1.0] * len(args.shares), "B": [1.0] * len(args.shares)}
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(len(vectors))
+        for name, rows in (("A", order[:half]), ("B", order[half : 2 * half])):
+            members = members_of(vectors[rows])
+            with tempfile.TemporaryDirectory() as folder:
+                built = build_shard(
+                    members, shard_id="s", index_dir=Path(folder),
+                    settings=settings.model_copy(update={"seed": seed}), kind=IVF,
+                )  # fmt: skip
+                row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
+                shard = Shard.open(row | built)
+                # What the build chose for index.target_recall, of how many lists.
+                tuned, nlist = shard.index.nprobe, shard.index.nlist
+                recalls = []
+                for share in args.shares + [tuned / nlist]:
+                    shard.index.nprobe = max(1, math.ceil(share * shard.index.nlist))
+                    got = recall_of_shard(
+                        shard, k=args.k, search_k=settings.search_k, queries=args.queries,
+                        seed=seed,
+                    )  # fmt: skip
+                    recalls.append(got["hits"] / max(1, got["wanted"]))
+                shard.close()
+            tuned_recall = recalls.pop()
+            worst[name] = [min(w, r) for w, r in zip(worst[name], recalls, strict=True)]
+            print(
+                f"{name:>5} {seed:>5} " + " ".join(f"{r:>12.4f}" for r in recalls)
+                + f"   tuned: {tuned}/{nlist} lists, recall {tuned_recall:.4f}"
+            )  # fmt: skip
+    chosen = next((i for i, r in enumerate(worst["A"]) if r >= args.target), len(args.shares) - 1)
+    print(
+        f"chosen on half A: share {args.shares[chosen]:g} (worst seed {worst['A'][chosen]:.4f}, "
+        f"target {args.target}); on half B, not used to choose: worst seed "
+        f"{worst['B'][chosen]:.4f}; each shard's own tuning (index.target_recall "
+        f"{settings.target_recall:g}, its 200 sampled members) is the 'tuned' column, measured "
+        f"on other queries"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 1280])
@@ -130,6 +192,16 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument(
+        "--real",
+        nargs="?",
+        const="/tmp/lookalike-bench/real_vectors.npz",
+        help="only the IVF share sweep on real vectors (benchmarks/real_vectors.py's file)",
+    )
+    parser.add_argument(
+        "--shares", type=float, nargs="+", default=[1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4]
+    )
+    parser.add_argument("--target", type=float, default=0.97, help="recall@k the share must reach")
     parser.add_argument("--smoke", action="store_true", help="two small shards: seconds")
     args = parser.parse_args()
     if args.smoke:
@@ -138,17 +210,23 @@ def main() -> int:
     settings = IndexSettings()
     if args.nprobe is not None:
         settings = settings.model_copy(update={"nprobe": args.nprobe})
+    if args.real:
+        real_sweep(args, settings)
+        return 0
     if not args.sweep_only:
         table(args, settings)
     if args.sweep or args.sweep_only:
         sweep(args, settings)
+    if args.smoke:
+        real_sweep(args, settings)
     return 0
 
 
 def table(args, settings: IndexSettings) -> None:
     print(
         f"one core, k={args.k}, Annoy n_trees={settings.n_trees} search_k={settings.search_k}, "
-        f"IVF nlist ~4 sqrt(n) nprobe={settings.nprobe}; seconds for build + every item's top-K"
+        f"IVF nlist ~4 sqrt(n) nprobe={settings.nprobe or 'tuned to'} target_recall="
+        f"{settings.target_recall:g}; seconds for build + every item's top-K"
     )
     print(f"{'dim':>5} {'n':>7} {'exact s':>8} {'annoy s':>8} {'(build)':>8} {'ivf s':>8} "
           f"{'(build)':>8} {'annoy/exact':>11} {'ivf/exact':>9} {'annoy recall@k':>14} "

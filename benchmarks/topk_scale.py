@@ -292,7 +292,7 @@ def main() -> int:
     index_settings = config.index
     print(
         f"{args.cores} cores; k={K}; index: n_trees={index_settings.n_trees}, "
-        f"search_k={index_settings.search_k}, nprobe={index_settings.nprobe}, "
+        f"search_k={index_settings.search_k}, IVF target_recall={index_settings.target_recall:g}, "
         f"max_shard_size={index_settings.max_shard_size:,}, "
         f"exact_max_size={index_settings.exact_max_size:,}; kinds {', '.join(args.kinds)}"
     )

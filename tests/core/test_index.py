@@ -620,9 +620,10 @@ def test_ivf_shard_is_a_faiss_file_in_the_manifest_row(sofas, sofas_ivf):
     assert not list(path.parent.glob("*.partial"))
     assert hashlib.sha256(path.read_bytes()).hexdigest() == row["checksum"]
     shard = Shard.open(row)
-    # nlist about 4 sqrt(n) (219) but at least 39 vectors a list (76); nprobe from settings.
+    # nlist about 4 sqrt(n) (219) but at least 39 vectors a list (76); the lists scanned
+    # tuned to the target recall (test_an_ivf_shard_scans_the_fewest_lists_...).
     assert shard.index.nlist == ivf_lists(3000) == 76
-    assert shard.index.nprobe == IVF_SETTINGS.nprobe
+    assert 1 <= shard.index.nprobe < 76
     # Its stored vectors are the unit vectors it was given, in sku_id order.
     ordered = sofas.sort_values("sku_id")
     assert shard.sku_ids.tolist() == ordered["sku_id"].tolist()
@@ -662,6 +663,26 @@ def test_ivf_leaves_out_inactive_skus_and_self(sofas, sofas_ivf):
     assert (found.groupby("sku_id").size() == K).all()
     for _, rows in found.groupby("sku_id"):
         assert (np.diff(rows["score"].to_numpy()) <= 0).all()
+
+
+def test_an_ivf_shard_scans_the_fewest_lists_reaching_the_target_recall(sofas, tmp_path):
+    probes, recalls = {}, {}
+    for target in (0.5, 0.9, 0.99):
+        settings = IndexSettings(kind=IVF, target_recall=target)
+        shard = Shard.open(ivf_row(sofas, tmp_path / str(target), settings=settings))
+        probes[target] = shard.index.nprobe
+        # Measured as the neighbors stage measures it, on other sampled queries.
+        got = recall_of_shard(shard, k=K, search_k=-1, queries=300, seed=11)
+        recalls[target] = got["hits"] / got["wanted"]
+        shard.close()
+    assert 1 <= probes[0.5] <= probes[0.9] <= probes[0.99] < 76
+    assert probes[0.5] < probes[0.99]
+    assert recalls[0.5] < recalls[0.99] and recalls[0.99] >= 0.97
+    # The same vectors and target give the same count (it is part of the shard file).
+    again = Shard.open(
+        ivf_row(sofas, tmp_path / "again", settings=IndexSettings(kind=IVF, target_recall=0.9))
+    )
+    assert again.index.nprobe == probes[0.9]
 
 
 def test_ivf_widens_when_the_probed_lists_hold_only_inactive_neighbors(tmp_path):

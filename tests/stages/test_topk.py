@@ -164,10 +164,13 @@ def test_exact_search_returns_fewer_when_fewer_are_allowed():
         ("Annoy sub-shards", {"max_shard_size": 70, "exact_max_size": 0, "kind": ANNOY}),
         ("exact sub-shards", {"max_shard_size": 70, "exact_max_size": 10_000}),
         ("mixed", {"max_shard_size": 100, "exact_max_size": 60, "kind": ANNOY}),
-        # IVF: nprobe 8 covers every list of these shards (at most 6), so it is exact too.
-        ("one IVF shard per category", {"exact_max_size": 0, "kind": IVF}),
-        ("IVF sub-shards (auto)", {"max_shard_size": 70, "exact_max_size": 0}),
-        ("mixed IVF and exact (auto)", {"max_shard_size": 100, "exact_max_size": 60}),
+        # IVF: nprobe 1,000 scans every list of these shards, so it is exact too.
+        ("one IVF shard per category", {"exact_max_size": 0, "kind": IVF, "nprobe": 1000}),
+        ("IVF sub-shards (auto)", {"max_shard_size": 70, "exact_max_size": 0, "nprobe": 1000}),
+        (
+            "mixed IVF and exact (auto)",
+            {"max_shard_size": 100, "exact_max_size": 60, "nprobe": 1000},
+        ),
         ("every shard exact", {"exact_max_size": 0, "kind": EXACT}),
     ],
 )
