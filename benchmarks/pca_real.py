@@ -63,7 +63,8 @@ def fit_pca(vectors: np.ndarray, dim: int, whiten: bool, sample: int, seed: int)
     )
 
 
-def annoy_answers(vectors, queries, folder: Path, settings: IndexSettings):
+def annoy_answers(vectors, queries, folder: Path, settings: IndexSettings, kind: str = ANNOY):
+    """(answers, build s, query ms, file bytes) of one shard of ``kind`` (Annoy unless told)."""
     members = pd.DataFrame(
         {
             "sku_id": [f"s{i:06d}" for i in range(len(vectors))],
@@ -72,7 +73,7 @@ def annoy_answers(vectors, queries, folder: Path, settings: IndexSettings):
         }
     )
     started = time.perf_counter()
-    built = build_shard(members, shard_id="real", index_dir=folder, settings=settings, kind=ANNOY)
+    built = build_shard(members, shard_id="real", index_dir=folder, settings=settings, kind=kind)
     build_s = time.perf_counter() - started
     shard = Shard.open(
         {"shard_id": "real", "category": "real", "metric": METRIC, "model_id": "m", **built}

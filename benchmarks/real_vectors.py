@@ -3,8 +3,10 @@
 Embeds every photo of clothing-small (train, validation, test) and of grocery-store (train,
 val, test, iconic images) through the embedding stage's own loader (``embed_labelled``), with
 the ImageNet MobileNet-V2 the job ships by default, and saves (vectors, category) to one
-``.npz``: the real 1280-d embeddings that ``benchmarks/pca_real.py`` and
-``benchmarks/exact_vs_annoy.py --real`` measure recall, speed and index size on.
+``.npz``, with each vector's photo and product (grocery's fine class; empty for clothing):
+the real 1280-d embeddings that ``benchmarks/pca_real.py``, ``benchmarks/pca_decision.py``
+and ``benchmarks/exact_vs_annoy.py --real`` measure recall, speed, index size and retrieval
+quality on.
 
 Usage:  .venv/bin/python benchmarks/real_vectors.py [--out /tmp/lookalike-bench/real_vectors.npz]
         .venv/bin/python benchmarks/real_vectors.py --smoke   (4 photos of each split, into a
@@ -41,6 +43,19 @@ def load_real_vectors(path: str | Path = DEFAULT_OUT) -> tuple[np.ndarray, np.nd
     return data["vectors"], data["category"]
 
 
+def load_real_rows(path: str | Path = DEFAULT_OUT) -> tuple[np.ndarray, pd.DataFrame]:
+    """(vectors, rows): each vector's image_uri, product_id (None for clothing), category."""
+    vectors, category = load_real_vectors(path)
+    data = np.load(Path(path), allow_pickle=False)
+    if "image_uri" not in data:
+        sys.exit(f"{path} holds no image_uri: written by an older real_vectors.py, run it again")
+    product = [p or None for p in data["product_id"].tolist()]
+    rows = pd.DataFrame(
+        {"image_uri": data["image_uri"], "product_id": product, "category": category}
+    )
+    return vectors, rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
@@ -71,7 +86,13 @@ def main() -> int:
     seconds = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, vectors=vectors, category=rows["category"].to_numpy(dtype=str))
+    np.savez(
+        out,
+        vectors=vectors,
+        category=rows["category"].to_numpy(dtype=str),
+        image_uri=rows["image_uri"].to_numpy(dtype=str),
+        product_id=rows["product_id"].fillna("").to_numpy(dtype=str),
+    )
     print(
         f"{len(vectors)} photos embedded ({vectors.shape[1]}-d, {embedder.model_id}) in "
         f"{seconds:.0f} s -> {out}"

@@ -79,6 +79,17 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"S3 \(server-side copies \+ commit\) +# s +x#",
         r"open from S3, cached +# s",
     ),
+    "pca_decision.py": (
+        r"^corpus: # real photos .* \+ # planted copies",
+        r"^none +- +# +# +# +# +# +#$",
+        r"^pca 128 +# +# +# +# +# +# +#$",
+        r"^setting +seed +in top-K +kept@# +false/SKU +recalibrated +kept@recal +false/SKU$",
+        r"^pca 256 +# +# +# +# +# +# +#$",
+        r"^none +1280 +ivf +# +# +#$",
+        r"^pca 128 +128 +ivf +# +# +#$",
+        r"^verdict PCA 256: .* -> (default|stays off)$",
+        r"^verdict PCA 128: .* -> (default|stays off)$",
+    ),
     "pca_real.py": (
         r"^none +1280 +# +# +# +# +# +#$",
         r"^pca 128 \+ whitening +128 +# +#",
@@ -141,6 +152,7 @@ DATASETS_OF = {
     "embed_device.py": (CLOTHING,),
     "embed_throughput.py": (CLOTHING,),
     "grocery_finetune.py": (GROCERY,),
+    "pca_decision.py": (CLOTHING, GROCERY),
     "real_vectors.py": (CLOTHING, GROCERY),
     "shared_photos.py": (CLOTHING,),
 }
@@ -155,6 +167,7 @@ PRETRAINED = {
     "duplicates_quality.py",
     "embed_throughput.py",
     "grocery_finetune.py",
+    "pca_decision.py",
     "real_vectors.py",
     "shared_photos.py",
 }

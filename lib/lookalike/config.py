@@ -188,7 +188,9 @@ class IndexSettings(_Section):
     # principal axes kept (fitted on a sample of the run's vectors). Off by default: on real
     # photos 256 axes kept same-category precision (0.768 either way) with 2x faster queries
     # and a 4x smaller index, but centring moves the cosines that
-    # duplicates.candidate_min_similarity is calibrated on (benchmarks/pca_real.py).
+    # duplicates.candidate_min_similarity is calibrated on (benchmarks/pca_real.py): planted
+    # copies kept as candidates fell from 394/394 to 393/394 at 0.7 and to 389/394 at a
+    # threshold recalibrated on other photos (benchmarks/pca_decision.py, README).
     pca_dim: int = Field(default=0, ge=0, le=4096)
     # Scale each kept axis to unit variance (whitening) before the vectors are normalised:
     # on real photos it cost same-category precision (0.768 -> 0.725 at 256 axes).
