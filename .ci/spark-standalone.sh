@@ -42,14 +42,8 @@ stop_all() {
   rm -rf "$DIR"
 }
 
-log_tails() {
-  local f
-  for f in "$DIR"/log/*.log; do
-    [ -f "$f" ] || continue
-    echo "----- tail of $f -----" >&2
-    tail -n 25 "$f" >&2
-  done
-}
+# shellcheck source=daemons.sh
+. "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 die() {
   say "ERROR: $*"

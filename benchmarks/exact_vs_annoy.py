@@ -89,6 +89,27 @@ def recall_against(exact_rows: pd.DataFrame, rows: pd.DataFrame) -> float:
     return hits / sum(len(v) for v in want)
 
 
+def ivf_recalls(members, settings: IndexSettings, args, seed: int, nprobes_of):
+    """((nlist, tuned nprobe), recall@k at each of ``nprobes_of(nlist, tuned)`` lists) of one
+    IVF shard of ``members``, by the index stage's recall sampling."""
+    with tempfile.TemporaryDirectory() as folder:
+        built = build_shard(
+            members, shard_id="s", index_dir=Path(folder), settings=settings, kind=IVF
+        )
+        row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
+        shard = Shard.open(row | built)
+        nlist, tuned = shard.index.nlist, shard.index.nprobe
+        recalls = []
+        for nprobe in nprobes_of(nlist, tuned):
+            shard.index.nprobe = nprobe
+            got = recall_of_shard(
+                shard, k=args.k, search_k=settings.search_k, queries=args.queries, seed=seed
+            )
+            recalls.append(got["hits"] / max(1, got["wanted"]))
+        shard.close()
+    return (nlist, tuned), recalls
+
+
 def sweep(args, settings: IndexSettings) -> None:
     """IVF recall@k by nprobe, the index stage's recall sampling, one shard per seed."""
     print(f"\nIVF recall@{args.k} by nprobe (recall_of_shard, {args.queries} sampled queries)")
@@ -98,21 +119,9 @@ def sweep(args, settings: IndexSettings) -> None:
         for n in args.sizes:
             for seed in args.seeds:
                 members = members_of(clustered(n, dim, seed=seed))
-                with tempfile.TemporaryDirectory() as folder:
-                    built = build_shard(
-                        members, shard_id="s", index_dir=Path(folder), settings=settings, kind=IVF
-                    )
-                    row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
-                    shard = Shard.open(row | built)
-                    recalls = []
-                    for nprobe in args.nprobes:
-                        shard.index.nprobe = nprobe
-                        got = recall_of_shard(
-                            shard, k=args.k, search_k=settings.search_k, queries=args.queries,
-                            seed=seed,
-                        )  # fmt: skip
-                        recalls.append(got["hits"] / max(1, got["wanted"]))
-                    shard.close()
+                _, recalls = ivf_recalls(
+                    members, settings, args, seed, lambda nlist, tuned: args.nprobes
+                )
                 print(f"{dim:>5} {n:>7} {ivf_lists(n):>6} {seed:>5} "
                       + " ".join(f"{r:>10.4f}" for r in recalls))  # fmt: skip
 
@@ -143,25 +152,14 @@ def real_sweep(args, settings: IndexSettings) -> None:
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(vectors))
         for name, rows in (("A", order[:half]), ("B", order[half : 2 * half])):
-            members = members_of(vectors[rows])
-            with tempfile.TemporaryDirectory() as folder:
-                built = build_shard(
-                    members, shard_id="s", index_dir=Path(folder),
-                    settings=settings.model_copy(update={"seed": seed}), kind=IVF,
-                )  # fmt: skip
-                row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
-                shard = Shard.open(row | built)
-                # What the build chose for index.target_recall, of how many lists.
-                tuned, nlist = shard.index.nprobe, shard.index.nlist
-                recalls = []
-                for share in args.shares + [tuned / nlist]:
-                    shard.index.nprobe = max(1, math.ceil(share * shard.index.nlist))
-                    got = recall_of_shard(
-                        shard, k=args.k, search_k=settings.search_k, queries=args.queries,
-                        seed=seed,
-                    )  # fmt: skip
-                    recalls.append(got["hits"] / max(1, got["wanted"]))
-                shard.close()
+            # The last count is what the build chose for index.target_recall.
+            (nlist, tuned), recalls = ivf_recalls(
+                members_of(vectors[rows]),
+                settings.model_copy(update={"seed": seed}),
+                args,
+                seed,
+                lambda nlist, tuned: [max(1, math.ceil(p * nlist)) for p in args.shares] + [tuned],
+            )
             tuned_recall = recalls.pop()
             worst[name] = [min(w, r) for w, r in zip(worst[name], recalls, strict=True)]
             print(
