@@ -243,12 +243,12 @@ def tune_nprobe(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, target: float
     sample = np.sort(np.random.default_rng(seed + 1).choice(n, min(n, TUNE_QUERIES), False))
     queries = vectors[sample]
     k = min(n, TUNE_K + 1)  # each query finds itself in both answers
-    exact = np.argpartition(-(queries @ vectors.T), k - 1, axis=1)[:, :k]
+    exact = [ids for ids, _ in top_k(vectors, queries, k)]
+    wanted = sum(len(ids) for ids in exact)
 
     def recall(nprobe: int) -> float:
         _, found = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
-        hits = sum(len(np.intersect1d(f, e)) for f, e in zip(found, exact, strict=True))
-        return hits / exact.size
+        return sum(len(np.intersect1d(f, e)) for f, e in zip(found, exact, strict=True)) / wanted
 
     low, high = 0, 1  # recall(low) below the target (0 lists: nothing), recall(high) unknown
     while high < index.nlist and recall(high) < target:
