@@ -1,11 +1,14 @@
 """Time of the duplicates stage on N synthetic SKUs (vectors and hashes), on local cores.
 
-Writes a run's `catalog` and `embeddings` as Spark would (clustered unit vectors of --dim
-components, default 1280 as MobileNet-V2 writes them, in 20 categories of skewed sizes, one of
-them 30% of the catalog; random 64-bit pHashes), with planted duplicates: 1% exact copies (same
-content hash, same vector and pHash), 2% near copies (vector plus small noise, pHash with 0-4
-bits flipped). Then runs the real `index` stage (not timed as duplicates work, printed apart)
-and the real `duplicates` stage, and checks the planted pairs it found.
+Writes a run's `catalog` and `embeddings` as Spark would (topk_scale's clustered unit vectors
+of --dim components, default 1280 as MobileNet-V2 writes them, in 20 categories of skewed
+sizes, one of them 30% of the catalog, in styles of about 50 look-alikes; random 64-bit
+pHashes), with planted duplicates: 1% exact copies (same content hash, same vector and pHash),
+2% near copies (vector plus noise of about 1/5 of a style's spread, cosine ~0.995; pHash with
+0-4 bits flipped). Then runs the real `index` stage (not timed as duplicates work, printed
+apart) and the real `duplicates` stage, and checks the planted pairs it found. Peak memory of
+the job's process tree is printed per stage (topk_scale's PeakMemory: above the benchmark's
+own copy of the vectors).
 
 The synthetic embeddings carry no `rmac` column, so the stage verifies candidates on the
 `embedding` vector (its fallback), of the same size as the real job's descriptor.
@@ -30,32 +33,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from topk_scale import DIM, N_CATEGORIES, PeakMemory, synthetic_vectors
+
 if TYPE_CHECKING:
     from lookalike.core.storage import Location
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
-DIM = 1280  # MobileNet-V2's pooled features, what the embed stage writes
-N_CATEGORIES = 20
+ROW_GROUP = 50_000
 
 
 def synthetic_run(folder: Location, n: int, dim: int = DIM, seed: int = 0) -> tuple[set, set]:
-    """Write catalog/ and embeddings/ Parquet for n SKUs; return planted (exact, near) pairs."""
+    """Write catalog/ and embeddings/ Parquet for n SKUs; return planted (exact, near) pairs.
+
+    The vectors are topk_scale's (float32, made in blocks: a million 1280-d vectors are
+    5.1 GB); the tables are written in row groups of 50,000, so no second copy is held."""
     folder = folder.path  # a local run folder (a temporary one): Parquet and _SUCCESS markers
-    rng = np.random.default_rng(seed)
-    weights = np.array([0.3] + [0.7 / (N_CATEGORIES - 1)] * (N_CATEGORIES - 1))
-    category = rng.choice(N_CATEGORIES, size=n, p=weights)
-    # Clustered vectors: 2,000 product "styles" per category, each SKU near its style.
-    n_styles = 2000
-    centres = rng.standard_normal((N_CATEGORIES, n_styles, dim)).astype(np.float32)
-    style = rng.integers(0, n_styles, n)
-    vectors = centres[category, style] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    category, vectors = synthetic_vectors(n, dim, seed)
+    rng = np.random.default_rng(seed + 1)
     phash = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
     phash_mirrored = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
-    content = np.array([f"{i:064x}" for i in range(n)], dtype=object)
+    content = np.arange(n)  # the content hash of SKU i is i, as 64 hex digits
 
-    sku = np.array([f"SKU-{i:08d}" for i in range(n)], dtype=object)
     originals = rng.permutation(n)
     n_exact, n_near = n // 100, n // 50
     exact_src, exact_dst = originals[:n_exact], originals[n_exact : 2 * n_exact]
@@ -66,50 +66,68 @@ def synthetic_run(folder: Location, n: int, dim: int = DIM, seed: int = 0) -> tu
     vectors[exact_dst] = vectors[exact_src]
     phash[exact_dst], phash_mirrored[exact_dst] = phash[exact_src], phash_mirrored[exact_src]
     content[exact_dst] = content[exact_src]
-    vectors[near_dst] = vectors[near_src] + 0.12 * rng.standard_normal((n_near, dim)).astype(
-        np.float32
-    )
+    # A near copy: its original plus noise of ~1/5 of a style's spread (cosine ~0.995).
+    noise = rng.standard_normal((n_near, dim), dtype=np.float32) * np.float32(0.1 / np.sqrt(dim))
+    near = vectors[near_src] + noise
+    vectors[near_dst] = near / np.linalg.norm(near, axis=1, keepdims=True)
     flips = rng.integers(0, 5, n_near)
     masks = np.array(
         [sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in flips], dtype=np.uint64
     )
     phash[near_dst] = (phash[near_src].view(np.uint64) ^ masks).view(np.int64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    names = np.array([f"category-{c:02d}" for c in range(N_CATEGORIES)], dtype=object)[category]
+    names = np.array([f"category-{c:02d}" for c in range(N_CATEGORIES)], dtype=object)
     now = pa.scalar(dt.datetime(2026, 1, 1, tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))
-    catalog = pa.table(
-        {
-            "sku_id": sku,
-            "category": names,
-            "image_uri": np.array([f"/img/{s}.jpg" for s in sku], dtype=object),
-            "title": sku,
-            "is_active": np.ones(n, dtype=bool),
-            "updated_at": pa.array([now.as_py()] * n, pa.timestamp("us", tz="UTC")),
-        }
-    )
-    embeddings = pa.table(
-        {
-            "sku_id": sku,
-            "category": names,
-            "is_active": np.ones(n, dtype=bool),
-            "content_hash": content,
-            "model_id": np.full(n, f"synthetic-{dim}d", dtype=object),
-            "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), dim).cast(
-                pa.list_(pa.float32())
-            ),
-            "phash": phash,
-            "phash_mirrored": phash_mirrored,
-            "embedded_at": pa.array([now.as_py()] * n, pa.timestamp("us", tz="UTC")),
-        }
-    )
-    for name, table in (("catalog", catalog), ("embeddings", embeddings)):
+    for name in ("catalog", "embeddings"):
         (folder / name).mkdir(parents=True)
-        pq.write_table(table, folder / name / "part-0.parquet", row_group_size=100_000)
+    writers = {}
+    try:
+        for start in range(0, n, ROW_GROUP):
+            rows = slice(start, min(n, start + ROW_GROUP))
+            sku = [f"SKU-{i:08d}" for i in range(rows.start, rows.stop)]
+            size = len(sku)
+            tables = {
+                "catalog": pa.table(
+                    {
+                        "sku_id": sku,
+                        "category": names[category[rows]],
+                        "image_uri": [f"/img/{s}.jpg" for s in sku],
+                        "title": sku,
+                        "is_active": np.ones(size, dtype=bool),
+                        "updated_at": pa.array([now.as_py()] * size, now.type),
+                    }
+                ),
+                "embeddings": pa.table(
+                    {
+                        "sku_id": sku,
+                        "category": names[category[rows]],
+                        "is_active": np.ones(size, dtype=bool),
+                        "content_hash": [f"{c:064x}" for c in content[rows]],
+                        "model_id": [f"synthetic-{dim}d"] * size,
+                        "embedding": pa.FixedSizeListArray.from_arrays(
+                            vectors[rows].ravel(), dim
+                        ).cast(pa.list_(pa.float32())),
+                        "phash": phash[rows],
+                        "phash_mirrored": phash_mirrored[rows],
+                        "embedded_at": pa.array([now.as_py()] * size, now.type),
+                    }
+                ),
+            }
+            for name, table in tables.items():
+                if name not in writers:
+                    path = folder / name / "part-0.parquet"
+                    writers[name] = pq.ParquetWriter(path, table.schema)
+                writers[name].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name in ("catalog", "embeddings"):
         (folder / name / "_SUCCESS").touch()
 
     def pairs(src, dst):
-        return {tuple(sorted((sku[a], sku[b]))) for a, b in zip(src, dst, strict=True)}
+        return {
+            tuple(sorted((f"SKU-{a:08d}", f"SKU-{b:08d}"))) for a, b in zip(src, dst, strict=True)
+        }
 
     return pairs(exact_src, exact_dst), pairs(near_src, near_dst)
 
@@ -159,10 +177,20 @@ def main() -> None:
             f"written in {time.perf_counter() - started:.0f} s"
         )
         spark = build_session(config)
-        index = run_stage("index", spark, ctx)
-        print(f"index stage (shards per category, not duplicates work): {index.seconds:.0f} s")
-        result = run_stage("duplicates", spark, ctx)
-        print(f"duplicates stage: {result.seconds:.0f} s on {args.cores} cores  {result.counts}")
+        with PeakMemory() as memory:
+            index = run_stage("index", spark, ctx)
+        print(
+            f"index stage (shards per category, not duplicates work): {index.seconds:.0f} s "
+            f"({index.counts['exact_shards']} exact, {index.counts['ivf_shards']} IVF, "
+            f"{index.counts['annoy_shards']} Annoy shards); "
+            f"peak memory {memory.peak / 2**30:.2f} GiB"
+        )
+        with PeakMemory() as memory:
+            result = run_stage("duplicates", spark, ctx)
+        print(
+            f"duplicates stage: {result.seconds:.0f} s on {args.cores} cores; peak memory "
+            f"{memory.peak / 2**30:.2f} GiB  {result.counts}"
+        )
         pairs = pq.read_table(ctx.layout.duplicate_pairs.path).to_pandas()
         found = set(zip(pairs["sku_id_a"], pairs["sku_id_b"], strict=True))
         for name, planted in (("exact", exact), ("near", near)):

@@ -174,6 +174,14 @@ class IndexSettings(_Section):
     # through an index: the measured crossover against Annoy on one core for 1280-d vectors
     # (about 55,000; 80,000 for 128-d; benchmarks/exact_vs_annoy.py).
     exact_max_size: int = Field(default=50_000, ge=0)
+    # index.kind auto: a shard from this size up to exact_max_size is built as IVF first and
+    # kept as IVF when its queries, at the tuned nprobe, compare at most a tenth of its
+    # vectors (ann.IVF_MAX_SCAN, from the measured cost of a scanned distance against exact
+    # search), else saved exact. Clustered vectors pass (IVF took 0.11x the exact time at
+    # 37,000); real photos, which need about 1/8 of the lists, filled unevenly, do not, and
+    # pay the trial: a k-means and tuning measured at 0.16x the exact search at 20,000 and
+    # 0.09x at 37,000 (falling as 1/sqrt(n)). Below 20,000 the trial costs too much of it.
+    auto_ivf_min_size: int = Field(default=20_000, ge=0)
     # IVF shards: each scans the fewest of its inverted lists (about 4 sqrt(n)) whose top-10
     # of 200 sampled members reach this recall against exact search, measured when the shard
     # is built and stored in its file. Measured per shard because no fixed count holds: on

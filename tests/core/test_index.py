@@ -814,10 +814,38 @@ def test_kind_chooses_exact_up_to_exact_max_size_then_the_configured_index(kind,
     assert choose_kind(10_000_000, settings) == large
 
 
-def test_auto_is_the_default_and_keeps_small_shards_exact():
+def test_auto_is_the_default_keeps_small_shards_exact_and_tries_ivf_below_exact_max_size():
     assert SETTINGS.kind == AUTO
-    assert choose_kind(SETTINGS.exact_max_size, SETTINGS) == EXACT
+    assert choose_kind(SETTINGS.auto_ivf_min_size - 1, SETTINGS) == EXACT
+    # From auto_ivf_min_size to exact_max_size: built as IVF, kept only where it pays.
+    assert choose_kind(SETTINGS.auto_ivf_min_size, SETTINGS) == AUTO
+    assert choose_kind(SETTINGS.exact_max_size, SETTINGS) == AUTO
     assert choose_kind(SETTINGS.exact_max_size + 1, SETTINGS) == IVF
+    for kind in (IVF, ANNOY, EXACT):  # only auto tries
+        assert choose_kind(SETTINGS.exact_max_size, IndexSettings(kind=kind)) == EXACT
+
+
+def test_an_auto_shard_stays_ivf_where_its_scan_is_small_and_is_saved_exact_where_not(tmp_path):
+    settings = IndexSettings(auto_ivf_min_size=1000, exact_max_size=10_000)
+    clustered = clustered_vectors(3000, 32, n_clusters=60, spread=0.02, seed=5)
+    uniform = _unit(np.random.default_rng(5).normal(size=(3000, 32))).astype(np.float32)
+    ids = [f"SKU-{i:05d}" for i in range(3000)]
+    assert choose_kind(3000, settings) == AUTO
+    for name, vectors, kind, suffix in (
+        ("clustered", clustered, IVF, ".faiss"),
+        ("uniform", uniform, EXACT, ".npy"),  # every query must scan most lists: exact wins
+    ):
+        members = members_frame(vectors, ids, True)
+        folder = tmp_path / name
+        built = build_shard(members, shard_id=name, index_dir=folder, settings=settings, kind=AUTO)
+        assert built["kind"] == kind, name
+        assert {p.name for p in folder.iterdir()} == {name + suffix, name + ".ids.parquet"}
+        row = {**built, "shard_id": name, "category": name, "metric": METRIC, "model_id": MODEL_ID}
+        shard = Shard.open(row)
+        assert shard.kind == kind
+        if kind == IVF:  # kept because it is cheap, still at the target recall
+            got = recall_of_shard(shard, k=K, search_k=-1, queries=200, seed=3)
+            assert got["hits"] / got["wanted"] >= settings.target_recall
 
 
 def test_annoy_is_still_selectable_and_builds_an_annoy_file(catalog, tmp_path):

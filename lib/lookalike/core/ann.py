@@ -13,7 +13,11 @@ products, ``kind = ivf``), and ``<shard_id>.ids.parquet`` (dense item id -> sku_
 is_active). ``Shard`` opens both memory-mapped and answers ``search`` whatever the kind.
 
 ``choose_kind`` decides a shard's kind from ``index.kind`` and its size: at most
-``index.exact_max_size`` vectors are exact; above, ``auto`` takes ``ivf``, measured faster
+``index.exact_max_size`` vectors are exact, except that ``auto`` builds a shard of at least
+``index.auto_ivf_min_size`` as IVF and keeps it where its tuned scan is cheap enough to beat
+exact search (``ivf_pays``: its queries compare at most a tenth of the vectors; clustered
+vectors do, real photos not); above, ``auto`` takes
+``ivf``, measured faster
 than Annoy at equal or higher recall on 1280-d vectors (benchmarks/exact_vs_annoy.py, one
 thread, 20,000 clustered vectors, build + every item's top-10, on a loaded machine: IVF
 nprobe 8 36 s at
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
 
 METRIC = "angular"  # on L2-normalised vectors: cosine = 1 - distance**2 / 2
 ANNOY, EXACT, IVF = "annoy", "exact", "ivf"
-AUTO = "auto"  # index.kind: exact up to exact_max_size, else IVF
+AUTO = "auto"  # index.kind: exact or IVF, whichever is measured cheaper for the shard
 KINDS = (AUTO, EXACT, ANNOY, IVF)
 SHARD_KINDS = (EXACT, ANNOY, IVF)  # what a shard is (auto chooses one of them)
 NO_PROJECTION = "none"  # the manifest's projection without PCA
@@ -74,6 +78,15 @@ IVF_MAX_TRAIN = 64
 IVF_BLOCK = 256
 # IVF shards tune their lists scanned on this many sampled members' top-10 (tune_nprobe).
 TUNE_QUERIES, TUNE_K = 200, 10
+# An IVF shard whose queries compare at most this share of its vectors (at its tuned nprobe,
+# counted by faiss) beats exact search of the same vectors. Measured one core, 1280-d, tuning
+# + build + every item's top-10 (the shared notes' crossover run): a distance in an IVF scan
+# costs about 5.6x one in exact search's matrix products (a scan of 1/8 took 0.70x the exact
+# time at 20,000 and 37,000 vectors beside a trial of 0.16x and 0.09x), so IVF wins below a
+# share of about 0.15; clustered vectors tuned to about 1/300 took 0.20x and 0.11x in all.
+# Lists share is not the measure: real photos fill their lists unevenly, and a scan of 1/8 of
+# the lists took 1.5x the exact time at 20,000 (benchmarks/exact_vs_annoy.py --real).
+IVF_MAX_SCAN = 0.10
 
 
 class ShardError(RuntimeError):
@@ -287,10 +300,31 @@ def build_ivf(
 
 def choose_kind(n_items: int, settings: IndexSettings) -> str:
     """The kind of a shard of n_items vectors: exact up to ``index.exact_max_size`` (always,
-    with ``index.kind: exact``), else the configured kind, ``auto`` meaning IVF."""
+    with ``index.kind: exact``), else the configured kind, ``auto`` meaning IVF. Under
+    ``auto`` a shard from ``index.auto_ivf_min_size`` up to ``exact_max_size`` vectors is
+    ``AUTO``: ``save_shard`` builds it as IVF and keeps that only if it is cheap enough."""
+    if settings.kind == AUTO and settings.auto_ivf_min_size <= n_items <= settings.exact_max_size:
+        return AUTO
     if settings.kind == EXACT or n_items <= settings.exact_max_size:
         return EXACT
     return IVF if settings.kind == AUTO else settings.kind
+
+
+def ivf_pays(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, seed: int) -> bool:
+    """Whether a tuned IVF index of these vectors beats exact search of them: its queries (the
+    tuning sample of members, at the index's nprobe) compare at most IVF_MAX_SCAN of them."""
+    return scanned_share(index, vectors, seed=seed) <= IVF_MAX_SCAN
+
+
+def scanned_share(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, seed: int) -> float:
+    """The share of the shard's vectors an IVF query compares at the index's nprobe, as faiss
+    counts them for tune_nprobe's sampled members (lists are as uneven as the data)."""
+    n = len(vectors)
+    sample = np.sort(np.random.default_rng(seed + 1).choice(n, min(n, TUNE_QUERIES), False))
+    stats = faiss.cvar.indexIVF_stats  # process-wide; a Spark task is alone in its worker
+    stats.reset()
+    index.search(np.ascontiguousarray(vectors[sample]), 1)
+    return stats.ndis / (len(sample) * n)
 
 
 # --- shard files -----------------------------------------------------------------------------
@@ -313,6 +347,11 @@ def save_shard(
     order; returns the manifest fields the files decide."""
     folder.mkdir(parents=True, exist_ok=True)
     dim = vectors.shape[1]
+    index = None
+    if kind in (AUTO, IVF):
+        index = build_ivf(vectors, nprobe=nprobe, target_recall=target_recall, seed=seed)
+        if kind == AUTO:  # a trial: kept only where it beats exact search
+            kind = IVF if ivf_pays(index, vectors, seed=seed) else EXACT
     if kind == EXACT:
         path = folder / f"{shard_id}.npy"
         with open(str(path) + ".partial", "wb") as out:
@@ -325,13 +364,12 @@ def save_shard(
         faults.point("index.shard_saved")
         index.unload()
     elif kind == IVF:
-        index = build_ivf(vectors, nprobe=nprobe, target_recall=target_recall, seed=seed)
         path = folder / f"{shard_id}.faiss"
         faiss.write_index(index, str(path) + ".partial")
         faults.point("index.shard_saved")
-        del index
     else:
         raise ValueError(f"unknown shard kind {kind!r}")
+    del index
     os.replace(str(path) + ".partial", path)
     ids_path = folder / f"{shard_id}.ids.parquet"
     ids = pa.table(

@@ -4,7 +4,9 @@ A category is one shard, or ``n_parts`` sub-shards when it holds more than
 ``index.max_shard_size`` vectors (a SKU's sub-shard is a hash of its sku_id, so it does not
 move when other SKUs come and go). A shard of at most ``index.exact_max_size`` vectors is
 searched exactly (blocked matrix products, ``kind = exact``): below that size the products
-are cheaper than building and querying trees. Larger ones get the index ``index.kind``
+are cheaper than building and querying trees; under ``auto`` one of at least
+``index.auto_ivf_min_size`` is tried as IVF first and kept so where its tuned scan share
+(``ann.ivf_pays``) beats the products. Larger ones get the index ``index.kind``
 names (``ann.choose_kind``): ``auto`` (the default) and ``ivf`` a faiss IVF-Flat index
 (``kind = ivf``, measured 3-10x faster than Annoy at higher recall on 1280-d vectors),
 ``annoy`` an Annoy forest (``kind = annoy``); ``exact`` makes every shard exact.
