@@ -42,11 +42,13 @@ from lookalike.core.ann import (  # noqa: E402
     ANNOY,
     EXACT,
     IVF,
+    IVF_MAX_SCAN,
     METRIC,
     Shard,
     build_shard,
     ivf_lists,
     recall_of_shard,
+    scanned_share,
 )
 from lookalike.stages.neighbors import top_k_for_shard  # noqa: E402
 
@@ -90,8 +92,9 @@ def recall_against(exact_rows: pd.DataFrame, rows: pd.DataFrame) -> float:
 
 
 def ivf_recalls(members, settings: IndexSettings, args, seed: int, nprobes_of):
-    """((nlist, tuned nprobe), recall@k at each of ``nprobes_of(nlist, tuned)`` lists) of one
-    IVF shard of ``members``, by the index stage's recall sampling."""
+    """((nlist, tuned nprobe, share of the vectors a query compares at it), recall@k at each
+    of ``nprobes_of(nlist, tuned)`` lists) of one IVF shard of ``members``, by the index
+    stage's recall sampling."""
     with tempfile.TemporaryDirectory() as folder:
         built = build_shard(
             members, shard_id="s", index_dir=Path(folder), settings=settings, kind=IVF
@@ -99,6 +102,7 @@ def ivf_recalls(members, settings: IndexSettings, args, seed: int, nprobes_of):
         row = {"shard_id": "s", "category": "b", "metric": METRIC, "model_id": "m"}
         shard = Shard.open(row | built)
         nlist, tuned = shard.index.nlist, shard.index.nprobe
+        scan = scanned_share(shard.index, shard.item_vectors(), seed=settings.seed)
         recalls = []
         for nprobe in nprobes_of(nlist, tuned):
             shard.index.nprobe = nprobe
@@ -107,7 +111,7 @@ def ivf_recalls(members, settings: IndexSettings, args, seed: int, nprobes_of):
             )
             recalls.append(got["hits"] / max(1, got["wanted"]))
         shard.close()
-    return (nlist, tuned), recalls
+    return (nlist, tuned, scan), recalls
 
 
 def sweep(args, settings: IndexSettings) -> None:
@@ -153,7 +157,7 @@ def real_sweep(args, settings: IndexSettings) -> None:
         order = np.random.default_rng(seed).permutation(len(vectors))
         for name, rows in (("A", order[:half]), ("B", order[half : 2 * half])):
             # The last count is what the build chose for index.target_recall.
-            (nlist, tuned), recalls = ivf_recalls(
+            (nlist, tuned, scan), recalls = ivf_recalls(
                 members_of(vectors[rows]),
                 settings.model_copy(update={"seed": seed}),
                 args,
@@ -164,7 +168,9 @@ def real_sweep(args, settings: IndexSettings) -> None:
             worst[name] = [min(w, r) for w, r in zip(worst[name], recalls, strict=True)]
             print(
                 f"{name:>5} {seed:>5} " + " ".join(f"{r:>12.4f}" for r in recalls)
-                + f"   tuned: {tuned}/{nlist} lists, recall {tuned_recall:.4f}"
+                + f"   tuned: {tuned}/{nlist} lists, recall {tuned_recall:.4f}, scans "
+                f"{scan:.3f} of the vectors (auto keeps IVF up to {IVF_MAX_SCAN:g}: "
+                f"{'yes' if scan <= IVF_MAX_SCAN else 'no'})"
             )  # fmt: skip
     chosen = next((i for i, r in enumerate(worst["A"]) if r >= args.target), len(args.shares) - 1)
     print(

@@ -67,7 +67,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "exact_vs_annoy.py": (
         r"^ +128 +300 +# +# +# +# +# +# +# +# +#$",
         r"^ +1280 +600 +# +# +# +# +# +# +# +# +#$",
-        r"^ +B +2 +# +# +# +# +#   tuned: #/# lists, recall #$",
+        r"^ +B +2 +# +# +# +# +#   tuned: #/# lists, recall #, scans # of the vectors "
+        r"\(auto keeps IVF up to 0.1: (yes|no)\)$",
         r"chosen on half A: share # \(worst seed #, target #\); on half B, .*worst seed #",
     ),
     "grocery_finetune.py": ("trunk features: # images, # s", "model_id: ", "recorded in "),
