@@ -88,6 +88,33 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             labels = jumped
 
 
+def style_edges(
+    n: int,
+    query: np.ndarray,
+    neighbor: np.ndarray,
+    score: np.ndarray,
+    *,
+    min_similarity: float,
+    min_shared: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) pairs of n nodes that join one style: in each other's neighbour rows at a
+    cosine of at least min_similarity and, with ``min_shared``, with that many neighbours
+    common to both lists (Jarvis and Patrick's shared-neighbour rule: two listings in a dense
+    region of one style, not a bridge between two). The lists are the neighbours at that
+    cosine or more, and a pair never needs more shared than the shorter list holds beside
+    it: three colours of one design in a category of others share one close neighbour."""
+    query, neighbor = np.asarray(query, np.int64), np.asarray(neighbor, np.int64)
+    close = np.asarray(score, np.float64) >= min_similarity
+    query, neighbor, score = query[close], neighbor[close], np.asarray(score)[close]
+    a, b, _ = mutual_edges(query, neighbor, score, min_similarity=min_similarity)
+    if min_shared and len(a):
+        lengths = np.bincount(np.asarray(query, np.int64), minlength=n)
+        wanted = np.minimum(min_shared, np.minimum(lengths[a], lengths[b]) - 1)
+        dense = shared_neighbours(a, b, query, neighbor, n) >= wanted
+        a, b = a[dense], b[dense]
+    return a, b
+
+
 def group_labels(
     n: int,
     query: np.ndarray,
@@ -98,19 +125,12 @@ def group_labels(
     min_shared: int = 0,
     min_size: int = 2,
 ) -> np.ndarray:
-    """Each node's group (its smallest member's index), or -1 where its component has fewer
-    than min_size members: a listing without a mutual neighbour is in no group. With
-    ``min_shared``, an edge also needs that many neighbours common to both lists (Jarvis and
-    Patrick's shared-neighbour rule: two listings in a dense region of one style, not a
-    bridge between two), or as many as the shorter list holds beside the pair."""
-    a, b, _ = mutual_edges(query, neighbor, score, min_similarity=min_similarity)
-    if min_shared:
-        # In a category of a few listings the lists are short: never ask more shared
-        # neighbours than the shorter list can hold beside the pair's other end.
-        lengths = np.bincount(np.asarray(query, np.int64), minlength=n)
-        wanted = np.minimum(min_shared, np.minimum(lengths[a], lengths[b]) - 1)
-        dense = shared_neighbours(a, b, query, neighbor, n) >= wanted
-        a, b = a[dense], b[dense]
+    """Each node's group (its smallest member's index) under ``style_edges``, or -1 where
+    its component has fewer than min_size members: a listing without a mutual neighbour is
+    in no group."""
+    a, b = style_edges(
+        n, query, neighbor, score, min_similarity=min_similarity, min_shared=min_shared
+    )
     labels = connected_components(n, a, b)
     sizes = np.bincount(labels, minlength=n)
     return np.where(sizes[labels] >= min_size, labels, -1)
