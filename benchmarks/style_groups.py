@@ -26,8 +26,14 @@ Printed per method and set: adjusted Rand index against the labels (a photo in n
 a group of one), purity (grouped photos whose group's most common label is theirs),
 coverage (photos in a group of two or more), groups, and seconds.
 
+With ``--scale N``: the time of the real styles stage on N synthetic SKUs on Spark
+``local[--cores]`` (topk_scale's clustered 1280-d vectors, 20 categories, one of 30%), after
+the real index and neighbors stages it reads from (timed apart), with the job's peak memory.
+
 Usage:  .venv/bin/python benchmarks/style_groups.py [--vectors real_vectors.py's .npz]
-        .venv/bin/python benchmarks/style_groups.py --smoke   (synthetic vectors: seconds)
+        .venv/bin/python benchmarks/style_groups.py --scale 1000000 [--dim 1280] [--cores 2]
+        .venv/bin/python benchmarks/style_groups.py --smoke   (synthetic vectors, and the
+            stage on 3,000 SKUs: seconds)
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -189,7 +196,6 @@ def synthetic_rows(dim: int = 64) -> tuple[np.ndarray, pd.DataFrame]:
 def load_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """name -> (unit vectors, shard of each, label of each): grocery's train and val photos
     (labelled by product), clothing's photos (by category, one shard)."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from real_vectors import load_real_rows
 
     vectors, rows = synthetic_rows() if args.smoke else load_real_rows(Path(args.vectors))
@@ -218,13 +224,66 @@ def line(name: str, method: str, got: dict, seconds: float) -> str:
     )
 
 
+def scale(n: int, dim: int, cores: int) -> None:
+    """The styles stage's time on n synthetic SKUs, after index and neighbors."""
+    import datetime as dt
+    import os
+    import shutil
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from lookalike.config import Config
+    from lookalike.pipeline import RunContext, run_stage
+    from lookalike.session import build_session
+    from topk_scale import PeakMemory, synthetic_vectors, write_run
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-styles-scale-"))
+    config = Config().with_overrides(
+        spark={
+            "master": f"local[{cores}]",
+            "conf": {
+                "spark.ui.enabled": "false",
+                "spark.driver.memory": "4g",
+                "spark.sql.shuffle.partitions": str(cores * 8),
+            },
+        },
+        output={"root": str(work)},
+    )
+    ctx = RunContext(config, dt.date(2026, 1, 1))
+    spark = build_session(config)
+    try:
+        category, vectors = synthetic_vectors(n, dim)
+        write_run(ctx.layout.work, category, vectors)
+        del vectors
+        before = [run_stage(stage, spark, ctx) for stage in ("index", "neighbors")]
+        with PeakMemory() as memory:
+            styles = run_stage("styles", spark, ctx)
+        print(
+            f"{n:,} synthetic SKUs ({dim}-d, 20 categories, largest 30%) on {cores} cores: "
+            + ", ".join(f"{r.stage} {r.seconds:.1f} s" for r in before)
+            + f"; styles stage {styles.seconds:.1f} s, peak memory {memory.peak / 2**30:.2f} GiB; "
+            f"{styles.counts['groups']:,} groups, {styles.counts['listings_in_groups']:,} "
+            f"listings in them, largest {styles.counts['largest_group']:,}"
+        )
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", default="/tmp/lookalike-bench/real_vectors.npz")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scale", type=int, default=0, help="time the stage on N SKUs")
+    parser.add_argument("--dim", type=int, default=1280, help="--scale's vector size")
+    parser.add_argument("--cores", type=int, default=2, help="--scale's local cores")
     parser.add_argument("--smoke", action="store_true", help="synthetic vectors: seconds")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
+    sys.path.insert(0, str(Path(__file__).parent))
+    if args.scale:
+        scale(args.scale, args.dim, args.cores)
+        return 0
     sets = load_sets(args)
     for name, (vectors, shards, truth) in sets.items():
         print(
@@ -286,6 +345,9 @@ def main() -> int:
         else:
             got = scores(truth, labels)
             print(line(name, "HDBSCAN (min_cluster_size 2)", got, time.perf_counter() - started))
+    if args.smoke:
+        print()
+        scale(3_000, args.dim, args.cores)
     return 0
 
 

@@ -128,6 +128,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"^grocery B, seed 0 +k-means, true style count, seed 0 +ARI #",
         r"^clothing +ours .* ARI # +purity # +coverage #",
         r"^clothing +HDBSCAN",
+        r"^3,000 synthetic SKUs \(1280-d, .*: index # s, neighbors # s; styles stage # s, "
+        r"peak memory # GiB; # groups, # listings in them, largest #$",
     ),
     "topk_scale.py": (
         r"dim= 128 N= +3,000 +auto: index +# s .* recall@10 #",
