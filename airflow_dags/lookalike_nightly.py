@@ -210,4 +210,4 @@ with DAG(
     tasks["ingest"] >> tasks["embed"] >> tasks["index"] >> tasks["duplicates"]
     tasks["duplicates"] >> [tasks["neighbors"], tasks["report"]] >> tasks["publish"]
     tasks["embed"] >> tasks["mismatches"] >> tasks["report"]
-    tasks["neighbors"] >> tasks["styles"] >> tasks["publish"]
+    tasks["neighbors"] >> tasks["styles"] >> [tasks["report"], tasks["publish"]]
