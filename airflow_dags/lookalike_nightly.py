@@ -168,6 +168,7 @@ STAGES = (
     "index",
     "duplicates",
     "neighbors",
+    "styles",
     "mismatches",
     "report",
     "publish",
@@ -209,3 +210,4 @@ with DAG(
     tasks["ingest"] >> tasks["embed"] >> tasks["index"] >> tasks["duplicates"]
     tasks["duplicates"] >> [tasks["neighbors"], tasks["report"]] >> tasks["publish"]
     tasks["embed"] >> tasks["mismatches"] >> tasks["report"]
+    tasks["neighbors"] >> tasks["styles"] >> [tasks["report"], tasks["publish"]]

@@ -121,6 +121,16 @@ FIGURES: dict[str, tuple[str, ...]] = {
         r"placeholder listings set apart: +# of #",
         r"real duplicate listings in a cluster: +# of #",
     ),
+    "style_groups.py": (
+        r"^ +10 +4 +#( +#){6}$",
+        r"chosen: k=#, min_shared=#, min_similarity=# \(worst-seed ARI #\)",
+        r"^grocery B, seed 0 +ours \(k=# .* ARI # +purity # +coverage # +groups +# +# s$",
+        r"^grocery B, seed 0 +k-means, true style count, seed 0 +ARI #",
+        r"^clothing +ours .* ARI # +purity # +coverage #",
+        r"^clothing +HDBSCAN",
+        r"^3,000 synthetic SKUs \(1280-d, .*: index # s, neighbors # s; styles stage # s, "
+        r"peak memory # GiB; # groups, # listings in them, largest #$",
+    ),
     "topk_scale.py": (
         r"dim= 128 N= +3,000 +auto: index +# s .* recall@10 #",
         r"dim=1280 N= +3,000 +auto: index +# s \(# shards: # exact, # IVF, # Annoy\) .*"

@@ -218,6 +218,24 @@ class NeighborsSettings(_Section):
     borrow_from_ancestors: bool = True
 
 
+class StylesSettings(_Section):
+    # Same-style groups (stages/styles.py, core/styles.py), chosen on half of the grocery
+    # products' real photos for three seeds and reported on the other half and on clothing
+    # (benchmarks/style_groups.py): two listings join one style when each is among the
+    # other's k nearest, at a cosine of at least min_similarity, sharing min_shared of their
+    # neighbours at that cosine. k 10 / 4 shared had the best worst-seed ARI (0.649; 5
+    # neighbours 0.46, 20 neighbours 0.50, no shared rule 0.50, which chained styles
+    # together); min_similarity is the strictest within 0.01 of it (0.70: ARI 0.643), the
+    # rule that keeps a category of a few unrelated listings apart. On the other half: ARI
+    # 0.685-0.750, purity 0.868-0.925, coverage 0.975. The neighbours read are those the
+    # neighbors stage asked for: a k above neighbors.k reads neighbors.k (counts say so).
+    k: int = Field(default=10, ge=1, le=1000)
+    min_shared: int = Field(default=4, ge=0)
+    min_similarity: float = Field(default=0.70, gt=0.0, le=1.0)
+    # Members a group needs (a duplicate cluster is one member).
+    min_size: int = Field(default=2, ge=2)
+
+
 class DuplicatesSettings(_Section):
     # Similarity of two listings' duplicate descriptors (R-MAC of the whole frame, the
     # trimmed frame and the zoomed centre; the best compared pair of views) above which their
@@ -418,6 +436,7 @@ class Config(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
     duplicates: DuplicatesSettings = Field(default_factory=DuplicatesSettings)
+    styles: StylesSettings = Field(default_factory=StylesSettings)
     mismatches: MismatchSettings = Field(default_factory=MismatchSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     gates: GateSettings = Field(default_factory=GateSettings)

@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from lookalike.core.storage import Location
 
 # neighbors after duplicates: a SKU's own duplicate listings are no recommendation.
-STAGES = ("ingest", "embed", "index", "duplicates", "neighbors", "mismatches", "report", "publish")
+STAGES = (
+    "ingest",
+    "embed",
+    "index",
+    "duplicates",
+    "neighbors",
+    "styles",
+    "mismatches",
+    "report",
+    "publish",
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,16 @@ class RunLayout:
     @property
     def similar_items(self) -> Location:
         return self.work / "similar_items"
+
+    @property
+    def neighbor_candidates(self) -> Location:
+        """Each SKU's nearest as the shards answered (before duplicates and variants are
+        taken out), written by neighbors, read by styles."""
+        return self.work / "neighbor_candidates"
+
+    @property
+    def style_groups(self) -> Location:
+        return self.work / "style_groups"
 
     @property
     def duplicate_pairs(self) -> Location:

@@ -30,6 +30,7 @@ from lookalike.stages import (
     neighbors,
     publish,
     report,
+    styles,
 )
 
 log = logging.getLogger("lookalike")
@@ -73,6 +74,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, RunContext], dict[str, int]]]
     "index": index.run,
     "duplicates": duplicates.run,
     "neighbors": neighbors.run,
+    "styles": styles.run,
     "mismatches": mismatches.run,
     "report": report.run,
     "publish": publish.run,

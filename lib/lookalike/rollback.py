@@ -31,6 +31,7 @@ RESTORABLE = (
     "catalog",
     "embeddings",
     "similar_items",
+    "style_groups",
     "duplicate_clusters",
     "category_mismatches",
     "shared_photos",

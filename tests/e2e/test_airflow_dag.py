@@ -32,6 +32,11 @@ EDGES = {
     ("embed", "mismatches"),
     ("mismatches", "report"),
     ("neighbors", "publish"),
+    # Style groups read the neighbours the neighbors stage asked the shards for.
+    ("neighbors", "styles"),
+    ("styles", "publish"),
+    # The report shows the largest same-style groups.
+    ("styles", "report"),
     ("report", "publish"),
 }
 RUN_DATE = "2026-11-22"

@@ -15,7 +15,7 @@ from lookalike import tables
 from lookalike.config import Config
 from lookalike.csvsafe import spreadsheet_safe, spreadsheet_safe_frame
 from lookalike.pipeline import RunContext
-from lookalike.stages import ingest, mismatches, report, shared_photos
+from lookalike.stages import ingest, mismatches, report, shared_photos, styles
 from lookalike.stages.report import MEMBER_COLUMNS, MISMATCH_COLUMNS
 from lookalike.stages.report_page import write_duplicate_report
 
@@ -181,12 +181,21 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
     spark.createDataFrame([], shared_photos.SHARED_PHOTOS_SCHEMA).write.parquet(
         str(ctx.layout.shared_photos)
     )
+    # One same-style group of "=A" and "C", as the styles stage writes it.
+    spark.createDataFrame(
+        [
+            ("style-1", "=cat", sku, sku == "=A", "=A", 2, 0.9, 0.95, "m", RUN_ID)
+            for sku in ("=A", "C")
+        ],
+        styles.STYLE_GROUPS_SCHEMA,
+    ).write.parquet(str(ctx.layout.style_groups))
     counts = report.run(spark, ctx)
     assert counts == {
         "clusters_shown": 1,
         "listings_shown": 3,
         "mismatches_shown": 1,
         "shared_photo_groups_shown": 0,
+        "style_groups_shown": 1,
     }
 
     report_dir = Path(str(ctx.layout.report_dir))
@@ -203,6 +212,11 @@ def test_the_stages_keep_the_true_text_and_the_csv_is_safe(spark, tmp_path: Path
     assert flag["suggested_category"] == "'=cat"
     assert flag["neighbour_sku_ids"] == "'=A"
     assert flag["own_best_score"] == "-0.25"
+    style_rows = _read_csv(report_dir / "style_groups.csv")
+    assert [r["sku_id"] for r in style_rows] == ["'=A", "C"]  # the representative first
+    assert style_rows[0]["title"] == "'" + HYPERLINK
+    assert style_rows[0]["representative_sku_id"] == "'=A" and style_rows[0]["category"] == "'=cat"
+    assert style_rows[1]["similarity"] == "0.95"
 
     # The run's Parquet and the published Delta table hold the true text.
     published = tables.publish_files(ctx.layout.table("catalog"), [ctx.layout.catalog])

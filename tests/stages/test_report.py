@@ -314,3 +314,59 @@ def test_titles_render_once_each(members: pd.DataFrame, tmp_path: Path) -> None:
     page = write_duplicate_report(members, tmp_path, run_id=RUN_ID).html.read_text()
     assert page.count(str(escape(MESSY_TITLE))) == 1
     assert page.count("no title") == 1
+
+
+def _style_row(group_id: str, sku_id: str, image_uri: str, **values) -> dict[str, object]:
+    row = {
+        "group_id": group_id,
+        "category": "dresses",
+        "sku_id": sku_id,
+        "is_representative": False,
+        "representative_sku_id": "",
+        "group_size": 2,
+        "cohesion": 0.8,
+        "similarity": 0.9,
+        "title": "a dress",
+        "image_uri": image_uri,
+        "run_id": RUN_ID,
+    }
+    return row | values
+
+
+def test_style_groups_largest_then_most_cohesive_representative_first(tmp_path: Path) -> None:
+    red = _image(tmp_path / "red.jpg")
+    rows = [
+        # A pair, less cohesive than the other pair; a group of three, shown first.
+        _style_row("g-pair-loose", "p1", red, cohesion=0.7),
+        _style_row("g-pair-loose", "p2", red, cohesion=0.7, is_representative=True),
+        _style_row("g-pair-tight", "q1", red, cohesion=0.95, title=HOSTILE_TITLE),
+        _style_row("g-pair-tight", "q2", red, cohesion=0.95, is_representative=True),
+    ] + [
+        _style_row("g-three", f"t{i}", red, group_size=3, is_representative=i == 2,
+                   similarity=0.9 - i / 100)
+        for i in range(3)
+    ]  # fmt: skip
+    paths = write_duplicate_report(
+        pd.DataFrame(columns=MEMBER_COLUMNS),
+        tmp_path / "out",
+        run_id=RUN_ID,
+        style_groups=pd.DataFrame(rows),
+    )
+    page = paths.html.read_text()
+    section = page[page.index('id="style-groups"') :]
+    order = [section.index(g) for g in ("g-three", "g-pair-tight", "g-pair-loose")]
+    assert order == sorted(order)
+    three = section[section.index("g-three") : section.index("g-pair-tight")]
+    skus = re.findall(r'<div class="sku">(t\d)</div>', three)
+    assert skus == ["t2", "t0", "t1"]  # the representative, then by similarity
+    assert three.count("representative</span>") == 1
+    assert three.count(THUMB) == 3
+    assert "<script>alert" not in page and str(escape(HOSTILE_TITLE)) in section
+    exported = pd.read_csv(paths.style_groups_csv)
+    assert exported["sku_id"].tolist() == ["t2", "t0", "t1", "q2", "q1", "p2", "p1"]
+
+
+def test_no_style_groups_says_so_and_writes_no_export(members, tmp_path: Path) -> None:
+    paths = write_duplicate_report(members, tmp_path, run_id=RUN_ID)
+    assert "No same-style groups in this run." in paths.html.read_text()
+    assert not paths.style_groups_csv.exists()

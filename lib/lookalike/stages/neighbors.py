@@ -380,7 +380,12 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         )
     # Merges each SKU's candidates (sub-shards, borrowed) by source and score, keeps k: as
     # best_k, with the variants dropped counted as they pass.
-    candidates_df = filter_repeated_products(reduce(DataFrame.unionByName, candidates), clusters_df)
+    # Written as the shards answered (the styles stage reads them), then read back: the
+    # shards are asked once.
+    write(reduce(DataFrame.unionByName, candidates), ctx.layout.neighbor_candidates)
+    candidates_df = filter_repeated_products(
+        read(spark, ctx.layout.neighbor_candidates, "neighbors"), clusters_df
+    )
     variants = None
     if groups_df is not None:
         variants = Observation("variants")

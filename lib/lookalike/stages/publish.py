@@ -35,6 +35,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "embeddings": ([layout.embeddings], False),
         "index_manifest": ([layout.index_manifest], True),
         "similar_items": ([layout.similar_items], False),
+        "style_groups": ([layout.style_groups], False),
         "duplicate_clusters": ([layout.duplicate_clusters], False),
         "category_mismatches": ([layout.category_mismatches], False),
         "shared_photos": ([layout.shared_photos], False),

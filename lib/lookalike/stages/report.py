@@ -19,6 +19,7 @@ from lookalike.stages.report_page import (
     MEMBER_COLUMNS,
     MISMATCH_COLUMNS,
     SHARED_PHOTO_COLUMNS,
+    STYLE_COLUMNS,
     write_duplicate_report,
 )
 
@@ -34,6 +35,8 @@ REPORT_MAX_MISMATCHES = 200
 # (by sku_id) in its CSV; the shared_photos table holds every listing.
 REPORT_MAX_SHARED_GROUPS = 100
 REPORT_MAX_SHARED_LISTINGS = 2000
+# Same-style groups on the page: the largest, most cohesive first (the table holds all).
+REPORT_MAX_STYLE_GROUPS = 50
 
 
 def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
@@ -83,6 +86,22 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         .select(*SHARED_PHOTO_COLUMNS)
         .toPandas()
     )
+    styles = None
+    if ctx.layout.style_groups.exists():  # a run folder from before the styles stage has none
+        styles_df = read(spark, ctx.layout.style_groups, "report")
+        shown_styles_df = (
+            styles_df.select("group_id", "group_size", "cohesion")
+            .distinct()
+            .orderBy(F.col("group_size").desc(), F.col("cohesion").desc(), "group_id")
+            .limit(REPORT_MAX_STYLE_GROUPS)
+            .select("group_id")
+        )
+        styles = (
+            styles_df.join(shown_styles_df, "group_id")
+            .join(catalog_df.select("sku_id", "title", "image_uri"), "sku_id", "left")
+            .select(*STYLE_COLUMNS)
+            .toPandas()
+        )
     totals = {"SKUs in catalog": catalog_df.count()}
     paths = write_duplicate_report(
         members,
@@ -92,6 +111,7 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         totals=totals,
         mismatches=flagged,
         shared_photos=shared,
+        style_groups=styles,
     )
     log.info("merchandiser report: %s", paths.html)
     return {
@@ -99,4 +119,5 @@ def run(spark: SparkSession, ctx: RunContext) -> dict[str, int]:
         "listings_shown": len(members),
         "mismatches_shown": len(flagged),
         "shared_photo_groups_shown": int(shared["group_id"].nunique()),
+        "style_groups_shown": 0 if styles is None else int(styles["group_id"].nunique()),
     }

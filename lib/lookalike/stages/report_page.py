@@ -78,6 +78,24 @@ SHARED_PHOTO_COLUMNS: tuple[str, ...] = (
 # Titles shown per shared photo: enough to see that the listings are different products.
 SHARED_PHOTO_SAMPLE_TITLES = 6
 
+# One row per member of the same-style groups the page shows (style_groups + the catalog).
+STYLE_COLUMNS: tuple[str, ...] = (
+    "group_id",
+    "category",
+    "sku_id",
+    "is_representative",
+    "representative_sku_id",
+    "group_size",
+    "cohesion",
+    "similarity",
+    "title",
+    "image_uri",
+    "run_id",
+)
+# Thumbnails per group on the page, the representative first: the CSV lists every member.
+STYLE_MEMBERS_SHOWN = 8
+STYLE_GROUPS_CSV_NAME = "style_groups.csv"
+
 _JPEG_QUALITY = 80
 # Decoding is mostly C code that releases the GIL, so a few threads cut the driver's wall time on a
 # page of hundreds of photos without the cost of processes.
@@ -96,6 +114,10 @@ class ReportPaths:
     def shared_photos_csv(self) -> Location:
         # Derived from the page, not a field of its own: every export lies beside the page.
         return self.html.parent / SHARED_PHOTOS_CSV_NAME
+
+    @property
+    def style_groups_csv(self) -> Location:
+        return self.html.parent / STYLE_GROUPS_CSV_NAME
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,24 @@ class _SharedPhotoView:
 
 
 @dataclass(frozen=True)
+class _StyleMemberView:
+    sku_id: str
+    title: str | None
+    thumb: _Thumb | None
+    is_representative: bool
+    similarity: float
+
+
+@dataclass(frozen=True)
+class _StyleView:
+    group_id: str
+    category: str
+    size: int
+    cohesion: float
+    members: list[_StyleMemberView]  # the first STYLE_MEMBERS_SHOWN, representative first
+
+
+@dataclass(frozen=True)
 class _MismatchView:
     sku_id: str
     title: str | None
@@ -164,6 +204,7 @@ def write_duplicate_report(
     totals: dict[str, int] | None = None,
     mismatches: pd.DataFrame | None = None,
     shared_photos: pd.DataFrame | None = None,
+    style_groups: pd.DataFrame | None = None,
 ) -> ReportPaths:
     """Write `out_dir/duplicates.html`, `duplicates.csv` and `category_mismatches.csv` for one
     run; return the paths.
@@ -173,7 +214,9 @@ def write_duplicate_report(
     `mismatches` holds listings flagged as looking like another category (MISMATCH_COLUMNS),
     shown in a section of their own, most confident first. `shared_photos` holds listings whose
     photo many different listings show (SHARED_PHOTO_COLUMNS): a section, largest group first,
-    and `shared_photos.csv` (written when `shared_photos` is given). Re-running replaces every
+    and `shared_photos.csv` (written when `shared_photos` is given). `style_groups` holds the
+    members of the same-style groups to show (STYLE_COLUMNS): a section, largest and most
+    cohesive group first, and `style_groups.csv` (when given). Re-running replaces every
     file; a reader never sees a half-written one. In the CSVs, text that a spreadsheet would run
     as a formula (``=HYPERLINK(...)``) starts with a ``'`` (lookalike.csvsafe); numbers stay
     numbers, and the page shows the true text, escaped.
@@ -198,13 +241,21 @@ def write_duplicate_report(
         )
     )
 
+    styles = _sort_styles(
+        _with_columns(
+            pd.DataFrame() if style_groups is None else style_groups, STYLE_COLUMNS, "style_groups"
+        )
+    )
+    styles_shown = styles.groupby("group_id", sort=False).head(STYLE_MEMBERS_SHOWN)
+
     clusters = list(ordered.groupby("cluster_id", sort=False))
     shown = clusters[:max_clusters]
     hidden = clusters[max_clusters:]
     thumbs = _thumbnails(
         [uri for _, rows in shown for uri in rows["image_uri"].tolist()]
         + flagged["image_uri"].tolist()
-        + [_group_image(rows) for _, rows in shared.groupby("group_id", sort=False)],
+        + [_group_image(rows) for _, rows in shared.groupby("group_id", sort=False)]
+        + styles_shown["image_uri"].tolist(),
         thumb_px=thumb_px,
     )
 
@@ -229,6 +280,7 @@ def write_duplicate_report(
             thumb_px=thumb_px,
             mismatches=[_mismatch_view(row, thumbs) for row in flagged.itertuples(index=False)],
             shared_photos=_shared_photo_views(shared, thumbs),
+            style_groups=_style_views(styles_shown, thumbs),
         )
     )
     # Spreadsheets open these: seller text that looks like a formula is made text (after the
@@ -255,6 +307,8 @@ def write_duplicate_report(
         # Only where the caller has shared photos to tell (the run always does): a page made
         # from clusters alone gets no empty export it never asked for.
         paths.shared_photos_csv.write_text(_shared_photos_csv(shared))
+    if style_groups is not None:
+        paths.style_groups_csv.write_text(spreadsheet_csv(styles))
     paths.html.write_text(html)
     return paths
 
@@ -334,6 +388,42 @@ def _shared_photo_views(
 def _shared_photos_csv(shared: pd.DataFrame) -> str:
     # Seller text (titles, sku ids) made safe for spreadsheets, like the other exports.
     return spreadsheet_csv(shared)
+
+
+def _sort_styles(rows: pd.DataFrame) -> pd.DataFrame:
+    """Largest group first, then the most cohesive (then group_id); in a group the
+    representative, then the members closest to the group: the page's order and the CSV's."""
+    order = rows.sort_values(
+        ["group_size", "cohesion", "group_id", "is_representative", "similarity", "sku_id"],
+        ascending=[False, False, True, False, False, True],
+        kind="mergesort",
+    )
+    return order[list(rows.columns)].reset_index(drop=True)
+
+
+def _style_views(shown: pd.DataFrame, thumbs: dict[str, _Thumb | None]) -> list[_StyleView]:
+    views = []
+    for group_id, rows in shown.groupby("group_id", sort=False):
+        first = rows.iloc[0]
+        views.append(
+            _StyleView(
+                group_id=str(group_id),
+                category=str(first["category"]),
+                size=int(first["group_size"]),
+                cohesion=float(first["cohesion"]),
+                members=[
+                    _StyleMemberView(
+                        sku_id=str(row.sku_id),
+                        title=None if pd.isna(row.title) else str(row.title),
+                        thumb=thumbs.get(row.image_uri) if isinstance(row.image_uri, str) else None,
+                        is_representative=bool(row.is_representative),
+                        similarity=float(row.similarity),
+                    )
+                    for row in rows.itertuples(index=False)
+                ],
+            )
+        )
+    return views
 
 
 def _mismatch_view(row, thumbs: dict[str, _Thumb | None]) -> _MismatchView:
