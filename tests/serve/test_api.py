@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from urllib.parse import quote
 
+import pytest
+
 from lookalike import tables
 from lookalike.serve.app import create_app
 from lookalike.serve.synthetic import publish_tables, synthetic_tables
@@ -88,6 +90,33 @@ def test_duplicates_gives_the_cluster_or_none(published, tmp_path):
         assert member["evidence"] == ["content_hash"]
         alone = client.get("/v1/duplicates/SKU-300")
         assert alone.status == 200 and alone.json()["cluster"] is None
+
+
+def test_styles_gives_the_group_representative_first_or_none(published, tmp_path):
+    with running(make_app(published, tmp_path)) as client:
+        answer = client.get("/v1/styles/SKU-081")  # group 1: SKUs 61, 81, 101
+        assert answer.status == 200
+        style = answer.json()["style"]
+        assert style["representative_sku_id"] == "SKU-101"
+        assert [m["sku_id"] for m in style["members"]] == ["SKU-101", "SKU-061", "SKU-081"]
+        assert style["cohesion"] == pytest.approx(0.89, abs=1e-6)
+        assert client.get("/v1/styles/SKU-300").json()["style"] is None
+        assert client.get("/v1/styles/nope").status == 404
+        assert client.get("/healthz").json()["serving"]["style_groups"] == 10
+
+
+def test_a_run_without_style_groups_is_served_with_no_styles(tmp_path):
+    root = tmp_path / "output"
+    data = synthetic_tables(N_SKUS, 10, RUN_A, n_categories=20)
+    del data["style_groups"]  # published before the styles stage existed
+    publish_tables(root, RUN_A, data)
+    with running(make_app(root, tmp_path)) as client:
+        assert client.get("/v1/similar/SKU-081").status == 200
+        assert client.get("/v1/styles/SKU-081").json() == {
+            "sku_id": "SKU-081",
+            "run_id": RUN_A,
+            "style": None,
+        }
 
 
 def test_read_access_token_refuses_callers_without_it(published, tmp_path, monkeypatch):

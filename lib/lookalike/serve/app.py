@@ -199,6 +199,29 @@ def duplicates(request: Request, service: Service) -> Response:
     return _cached(request, service, snapshot, body)
 
 
+@_api
+def styles(request: Request, service: Service) -> Response:
+    """The SKU's same-style group (other colours, other sellers of this item), or null."""
+    sku_id = sku_from_path(request)
+    snapshot = service.snapshot()
+    group = snapshot.style_of_sku.get(sku_id)
+    if group is None and snapshot.similar.position(sku_id) is None:
+        raise HTTPError(404, f"unknown sku_id {sku_id!r} in run {snapshot.run_id}")
+    body = {"sku_id": sku_id, "run_id": snapshot.run_id, "style": None}
+    if group is not None:
+        body["style"] = {
+            "group_id": group.group_id,
+            "category": group.category,
+            "representative_sku_id": group.representative_sku_id,
+            "cohesion": round(group.cohesion, 6),
+            "members": [
+                {"sku_id": member, "similarity": round(similarity, 6)}
+                for member, similarity in group.members
+            ],
+        }
+    return _cached(request, service, snapshot, body)
+
+
 async def healthz(request: Request) -> Response:
     service: Service = request.app.state.service
     body = service.live.health()
@@ -245,6 +268,7 @@ def create_app(service: Service, *, refresh_in_background: bool = True) -> Starl
             Route("/favicon.ico", favicon),
             Route("/v1/similar/{sku_id:path}", similar),
             Route("/v1/duplicates/{sku_id:path}", duplicates),
+            Route("/v1/styles/{sku_id:path}", styles),
             Mount("/review", routes=review.routes()),
         ],
         exception_handlers={404: not_found},

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # The tables a snapshot reads, at the versions the run's record names.
 SERVED_TABLES = ("similar_items", "duplicate_clusters", "category_mismatches", "catalog")
+# Served where the run published them (runs from before the styles stage did not).
+OPTIONAL_TABLES = ("style_groups",)
 _ROW_ARRAYS = ("similar", "score", "rank", "category", "model")
 
 
@@ -64,7 +66,9 @@ class PublishedRun:
     def key(self) -> str:
         """A name for the run's snapshot, unique per (run, versions): a rerun of the same date
         publishes new versions and gets a new key."""
-        versions = "-".join(f"{self.table_versions.get(name, 'x')}" for name in SERVED_TABLES)
+        versions = "-".join(
+            f"{self.table_versions.get(name, 'x')}" for name in SERVED_TABLES + OPTIONAL_TABLES
+        )
         return f"{_safe_name(self.run_id)}.v{versions}"
 
     @property
@@ -263,6 +267,37 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class StyleGroup:
+    group_id: str
+    category: str
+    representative_sku_id: str
+    cohesion: float
+    # (sku_id, cosine to the group), the representative first, then the closest.
+    members: tuple[tuple[str, float], ...]
+
+
+def style_groups_of(rows: pa.Table) -> list[StyleGroup]:
+    """style_groups rows as groups, largest first (then the most cohesive, then id)."""
+    by_id: dict[str, list[dict]] = {}
+    for row in rows.to_pylist():
+        by_id.setdefault(row["group_id"], []).append(row)
+    groups = []
+    for group_id, members in by_id.items():
+        members.sort(key=lambda r: (not r["is_representative"], -r["similarity"], r["sku_id"]))
+        groups.append(
+            StyleGroup(
+                group_id=group_id,
+                category=members[0]["category"],
+                representative_sku_id=members[0]["representative_sku_id"],
+                cohesion=float(members[0]["cohesion"]),
+                members=tuple((r["sku_id"], float(r["similarity"])) for r in members),
+            )
+        )
+    groups.sort(key=lambda g: (-len(g.members), -g.cohesion, g.group_id))
+    return groups
+
+
+@dataclass(frozen=True)
 class Mismatch:
     sku_id: str
     category: str
@@ -336,12 +371,15 @@ class Snapshot:
     mismatches: list[Mismatch]
     listings: dict[str, Listing]
     load_seconds: float
+    # Empty where the run published no style_groups.
+    styles: list[StyleGroup] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.cluster_by_id = {c.cluster_id: c for c in self.clusters}
         self.cluster_of_sku = {sku: c for c in self.clusters for sku in c.sku_ids}
         self.mismatch_of_sku = {m.sku_id: m for m in self.mismatches}
+        self.style_of_sku = {sku: g for g in self.styles for sku, _ in g.members}
 
     @property
     def run_id(self) -> str:
@@ -352,11 +390,16 @@ class Snapshot:
         return {
             "run_id": self.run.run_id,
             "finished_at": self.run.finished_at,
-            "table_versions": {name: self.run.table_versions[name] for name in SERVED_TABLES},
+            "table_versions": {
+                name: self.run.table_versions[name]
+                for name in SERVED_TABLES + OPTIONAL_TABLES
+                if name in self.run.table_versions
+            },
             "skus": len(self.similar),
             "similar_items_rows": self.similar.n_rows,
             "duplicate_clusters": len(self.clusters),
             "category_mismatches": len(self.mismatches),
+            "style_groups": len(self.styles),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 3),
         }
@@ -391,6 +434,7 @@ def load_snapshot(tables_dir: Location, run: PublishedRun, cache_dir: Path) -> S
     similar = SimilarItems(folder)
     clusters = clusters_of(read("duplicate_clusters"))
     mismatches = mismatches_of(read("category_mismatches"))
+    styles = style_groups_of(read("style_groups")) if "style_groups" in versions else []
     reviewed = sorted(
         {sku for c in clusters for sku in c.sku_ids}
         | {m.sku_id for m in mismatches}
@@ -409,6 +453,7 @@ def load_snapshot(tables_dir: Location, run: PublishedRun, cache_dir: Path) -> S
         mismatches=mismatches,
         listings=listings,
         load_seconds=time.perf_counter() - started,
+        styles=styles,
     )
 
 

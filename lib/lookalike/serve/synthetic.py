@@ -37,12 +37,16 @@ def synthetic_tables(
     n_categories: int = 20,
     n_clusters: int = 10,
     n_mismatches: int = 10,
+    n_styles: int = 10,
 ) -> dict[str, pa.Table]:
-    """similar_items, duplicate_clusters, category_mismatches and catalog of one run.
+    """similar_items, duplicate_clusters, category_mismatches, style_groups and catalog of
+    one run.
 
     SKU ``i`` is in category ``i % n_categories``; its similar items are other SKUs of that
     category with falling scores; cluster ``c`` is SKUs ``c`` and ``c + n_categories`` (one
-    category); the first ``n_mismatches`` SKUs after the clusters are flagged.
+    category); the first ``n_mismatches`` SKUs after the clusters are flagged; style group
+    ``g`` is SKUs ``3n + g``, ``4n + g`` and ``5n + g`` for n categories (the last the
+    representative).
     """
     if n_skus % n_categories or n_skus < 3 * n_categories:
         raise ValueError(f"n_skus must be a multiple of n_categories ({n_categories}), >= 3x it")
@@ -90,8 +94,31 @@ def synthetic_tables(
         "category_mismatches": _mismatches(
             ids, names, n_categories, n_clusters, n_mismatches, run_id
         ),
+        "style_groups": _styles(ids, names, n_categories, n_styles, run_id),
         "catalog": catalog,
     }
+
+
+def _styles(ids, names, n_categories: int, n_styles: int, run_id: str) -> pa.Table:
+    rows = []
+    for g in range(n_styles):
+        members = [(3 + j) * n_categories + g for j in range(3)]
+        for j, sku in enumerate(members):
+            rows.append(
+                {
+                    "group_id": f"style-{g:016d}",
+                    "category": names[g % n_categories].as_py(),
+                    "sku_id": ids[sku].as_py(),
+                    "is_representative": j == 2,
+                    "representative_sku_id": ids[members[2]].as_py(),
+                    "group_size": 3,
+                    "cohesion": 0.9 - 0.01 * g,
+                    "similarity": 0.99 if j == 2 else 0.95 - 0.01 * j,
+                    "model_id": MODEL_ID,
+                    "run_id": run_id,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=STYLES_SCHEMA)
 
 
 def _clusters(ids, names, n_categories: int, n_clusters: int, run_id: str) -> pa.Table:
@@ -155,6 +182,20 @@ CLUSTERS_SCHEMA = pa.schema(
         ("score", pa.float32()),
         ("phash_distance", pa.int32()),
         ("min_score", pa.float32()),
+        ("run_id", pa.string()),
+    ]
+)
+STYLES_SCHEMA = pa.schema(
+    [
+        ("group_id", pa.string()),
+        ("category", pa.string()),
+        ("sku_id", pa.string()),
+        ("is_representative", pa.bool_()),
+        ("representative_sku_id", pa.string()),
+        ("group_size", pa.int32()),
+        ("cohesion", pa.float32()),
+        ("similarity", pa.float32()),
+        ("model_id", pa.string()),
         ("run_id", pa.string()),
     ]
 )
