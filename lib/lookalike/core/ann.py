@@ -244,6 +244,11 @@ def ivf_lists(n: int) -> int:
     return int(max(1, min(round(IVF_LISTS_PER_ROOT * np.sqrt(n)), n // IVF_MIN_TRAIN)))
 
 
+def tuning_sample(n: int, seed: int) -> np.ndarray:
+    """The members an IVF shard is tuned and judged on: TUNE_QUERIES of n, sorted, seeded."""
+    return np.sort(np.random.default_rng(seed + 1).choice(n, min(n, TUNE_QUERIES), False))
+
+
 def tune_nprobe(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, target: float, seed: int) -> int:
     """The fewest lists an IVF query must scan for ``target`` recall@10 on this shard: the
     top-10 of TUNE_QUERIES sampled members through the index against their exact top-10
@@ -253,7 +258,7 @@ def tune_nprobe(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, target: float
     vectors, while real photos need about 1/8 of a shard's lists for 0.97
     (``benchmarks/exact_vs_annoy.py --real``)."""
     n = len(vectors)
-    sample = np.sort(np.random.default_rng(seed + 1).choice(n, min(n, TUNE_QUERIES), False))
+    sample = tuning_sample(n, seed)
     queries = vectors[sample]
     k = min(n, TUNE_K + 1)  # each query finds itself in both answers
     exact = [ids for ids, _ in top_k(vectors, queries, k)]
@@ -320,7 +325,7 @@ def scanned_share(index: faiss.IndexIVFFlat, vectors: np.ndarray, *, seed: int) 
     """The share of the shard's vectors an IVF query compares at the index's nprobe, as faiss
     counts them for tune_nprobe's sampled members (lists are as uneven as the data)."""
     n = len(vectors)
-    sample = np.sort(np.random.default_rng(seed + 1).choice(n, min(n, TUNE_QUERIES), False))
+    sample = tuning_sample(n, seed)
     stats = faiss.cvar.indexIVF_stats  # process-wide; a Spark task is alone in its worker
     stats.reset()
     index.search(np.ascontiguousarray(vectors[sample]), 1)
