@@ -124,13 +124,18 @@ def group_labels(
     min_similarity: float,
     min_shared: int = 0,
     min_size: int = 2,
+    links: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Each node's group (its smallest member's index) under ``style_edges``, or -1 where
     its component has fewer than min_size members: a listing without a mutual neighbour is
-    in no group."""
+    in no group. ``links`` (a, b) join nodes whatever their neighbours (the catalog's item
+    groups)."""
     a, b = style_edges(
         n, query, neighbor, score, min_similarity=min_similarity, min_shared=min_shared
     )
+    if links is not None:
+        a = np.concatenate([a, np.asarray(links[0], np.int64)])
+        b = np.concatenate([b, np.asarray(links[1], np.int64)])
     labels = connected_components(n, a, b)
     sizes = np.bincount(labels, minlength=n)
     return np.where(sizes[labels] >= min_size, labels, -1)
@@ -159,3 +164,14 @@ def group_summaries(vectors: np.ndarray, labels: np.ndarray) -> dict[int, tuple[
         representative = int(members[int(np.argmax(closeness))])
         out[int(labels[members[0]])] = (representative, m, cohesion)
     return out
+
+
+def member_similarities(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's cosine to the direction of its group's summed unit vectors (labels >= 0);
+    one pass over the rows, whatever the number of groups."""
+    vectors = np.asarray(vectors, np.float64)
+    _, group = np.unique(labels, return_inverse=True)
+    totals = np.zeros((group.max() + 1 if len(group) else 0, vectors.shape[1]))
+    np.add.at(totals, group, vectors)
+    directions = totals / np.linalg.norm(totals, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", vectors, directions[group])

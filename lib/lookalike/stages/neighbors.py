@@ -206,7 +206,7 @@ def _with_source(similar_df: DataFrame) -> DataFrame:
     return similar_df.withColumn("source", F.lit(OWN_CATEGORY))
 
 
-def _memberships(clusters_df: DataFrame) -> DataFrame:
+def memberships(clusters_df: DataFrame) -> DataFrame:
     """(sku_id, cluster_id, canonical_sku_id): canonical null where not given."""
     canonical = (
         F.col("canonical_sku_id")
@@ -220,7 +220,7 @@ def without_own_duplicates(similar_df: DataFrame, clusters_df: DataFrame, k: int
     """``similar_df`` (candidates, possibly more than k per SKU and from several shards) minus
     each SKU's own duplicate listings, ranked (own category first, then score), at most k
     per SKU."""
-    membership = _memberships(clusters_df).select("sku_id", "cluster_id")
+    membership = memberships(clusters_df).select("sku_id", "cluster_id")
     return (
         _with_source(similar_df)
         .join(membership, "sku_id", "left")
@@ -247,7 +247,7 @@ def filter_repeated_products(similar_df: DataFrame, clusters_df: DataFrame) -> D
     """At most one listing of each duplicate cluster per SKU: the cluster's canonical listing
     where it is among the candidates, else its best candidate (own category first, score,
     similar_sku_id). Candidates outside clusters pass unchanged."""
-    membership = _memberships(clusters_df).select(
+    membership = memberships(clusters_df).select(
         F.col("sku_id").alias("similar_sku_id"),
         F.col("cluster_id").alias("similar_cluster_id"),
         (F.col("sku_id") == F.col("canonical_sku_id")).alias("is_canonical_candidate"),

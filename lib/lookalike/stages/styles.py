@@ -40,10 +40,10 @@ from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
 from lookalike.core.ann import Shard
-from lookalike.core.styles import connected_components, group_summaries, style_edges
+from lookalike.core.styles import group_labels, group_summaries, member_similarities
 from lookalike.stages.common import read, write
 from lookalike.stages.neighbor_plans import read_item_groups
-from lookalike.stages.neighbors import OWN_CATEGORY
+from lookalike.stages.neighbors import OWN_CATEGORY, memberships
 
 if TYPE_CHECKING:
     from lookalike.config import StylesSettings
@@ -78,15 +78,12 @@ def group_id_for(category: str, first_member: str) -> str:
 def nodes_of(clusters_df: DataFrame) -> DataFrame:
     """(sku_id, node): every listing of a duplicate cluster stands as its canonical listing
     (the cluster's smallest sku_id where none is named)."""
-    canonical = (
-        F.col("canonical_sku_id")
-        if "canonical_sku_id" in clusters_df.columns
-        else F.lit(None).cast("string")
-    )
     smallest = F.min("sku_id").over(Window.partitionBy("cluster_id"))
-    return clusters_df.select(
-        "sku_id", F.coalesce(canonical, smallest).alias("node")
-    ).dropDuplicates(["sku_id"])
+    return (
+        memberships(clusters_df)
+        .select("sku_id", F.coalesce("canonical_sku_id", smallest).alias("node"))
+        .dropDuplicates(["sku_id"])
+    )
 
 
 def neighbour_edges(candidates_df: DataFrame, nodes_df: DataFrame, k: int) -> DataFrame:
@@ -143,30 +140,26 @@ def style_groups(
         node = np.searchsorted(names, edges["node"].to_numpy(object))
         other = np.searchsorted(names, edges["other"].to_numpy(object))
         linked = edges["is_link"].to_numpy(bool)
-        a, b = style_edges(
+        labels = group_labels(
             len(names),
             node[~linked],
             other[~linked],
             edges["score"].to_numpy(np.float64)[~linked],
             min_similarity=settings.min_similarity,
             min_shared=settings.min_shared,
+            min_size=settings.min_size,
+            links=(node[linked], other[linked]),
         )
-        labels = connected_components(
-            len(names), np.concatenate([a, node[linked]]), np.concatenate([b, other[linked]])
-        )
-        sizes = np.bincount(labels, minlength=len(names))
-        labels = np.where(sizes[labels] >= settings.min_size, labels, -1)
         grouped = np.flatnonzero(labels >= 0)
         if len(grouped) == 0:
             return pd.DataFrame(columns=STYLE_GROUPS_SCHEMA.fieldNames())
         vectors, model_id = member_vectors(json.loads(encoded[category]), names[grouped])
         summaries = group_summaries(vectors, labels[grouped])
-        centre = {label: vectors[labels[grouped] == label].sum(axis=0) for label in summaries}
+        similarity = member_similarities(vectors, labels[grouped])
         rows = []
         for position, member in enumerate(grouped):
             label = int(labels[member])
             representative, size, cohesion = summaries[label]
-            direction = centre[label] / np.linalg.norm(centre[label])
             rows.append(
                 {
                     "group_id": group_id_for(category, names[label]),
@@ -176,7 +169,7 @@ def style_groups(
                     "representative_sku_id": names[grouped[representative]],
                     "group_size": size,
                     "cohesion": cohesion,
-                    "similarity": float(vectors[position] @ direction),
+                    "similarity": float(similarity[position]),
                     "model_id": model_id,
                     "run_id": run_id,
                 }
