@@ -278,9 +278,7 @@ class StyleGroup:
 
 def style_groups_of(rows: pa.Table) -> list[StyleGroup]:
     """style_groups rows as groups, largest first (then the most cohesive, then id)."""
-    by_id: dict[str, list[dict]] = {}
-    for row in rows.to_pylist():
-        by_id.setdefault(row["group_id"], []).append(row)
+    by_id = _rows_by(rows, "group_id")
     groups = []
     for group_id, members in by_id.items():
         members.sort(key=lambda r: (not r["is_representative"], -r["similarity"], r["sku_id"]))
@@ -308,11 +306,17 @@ class Mismatch:
     neighbors: tuple[tuple[str, str], ...]
 
 
+def _rows_by(rows: pa.Table, key: str) -> dict[str, list[dict]]:
+    """A table's rows as dicts, gathered by one column's value (in the table's order)."""
+    by_key: dict[str, list[dict]] = {}
+    for row in rows.to_pylist():
+        by_key.setdefault(row[key], []).append(row)
+    return by_key
+
+
 def clusters_of(rows: pa.Table) -> list[Cluster]:
     """duplicate_clusters rows as clusters, the most confident first (min_score, then id)."""
-    by_id: dict[str, list[dict]] = {}
-    for row in rows.to_pylist():
-        by_id.setdefault(row["cluster_id"], []).append(row)
+    by_id = _rows_by(rows, "cluster_id")
     clusters = []
     for cluster_id, members in by_id.items():
         canonical = members[0]["canonical_sku_id"]
