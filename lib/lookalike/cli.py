@@ -332,6 +332,7 @@ def format_summary(ctx, results, total_seconds: float) -> str:
         lines.append(f"  duplicates report  {layout.report_dir / 'duplicates.html'}")
         lines.append(f"  duplicates CSV     {layout.report_dir / 'duplicates.csv'}")
         lines.append(f"  mismatches CSV     {layout.report_dir / 'category_mismatches.csv'}")
+        lines.append(f"  style groups CSV   {layout.report_dir / 'style_groups.csv'}")
     if any(r.stage == "publish" for r in results):
         lines += ["", *_similar_examples(layout)]
     return "\n".join(lines)
